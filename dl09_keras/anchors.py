@@ -1,0 +1,182 @@
+"""SSD default boxes (anchors), computed from the model's feature-map shapes.
+
+Convention: boxes are normalized ``[ymin, xmin, ymax, xmax]``. The order of the
+default boxes matches the flattened head outputs: feature map after feature
+map, then cell after cell in row-major order, then box after box within a cell.
+
+A default box of scale ``s`` and aspect ratio ``a`` (width / height) has, in
+pixels of the network input of size H x W, width ``s * sqrt(a) * sqrt(H * W)``
+and height ``s / sqrt(a) * sqrt(H * W)``. For a square input this is the SSD
+paper's ``w = s * sqrt(a)``, ``h = s / sqrt(a)``; for a non-square input a box of
+ratio 1 stays square in pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Sequence
+
+import numpy as np
+
+from dl09_keras.boxes import DEFAULT_VARIANCES, iou_matrix_np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DefaultBoxConfig:
+    """Settings of the SSD default boxes.
+
+    Args:
+        min_scale: scale of the first (highest-resolution) feature map, as a
+            fraction of the input side. Default 0.2 (the SSD paper's s_min).
+        max_scale: scale of the last feature map. Default 0.9 (s_max).
+        aspect_ratios: width / height ratios of the boxes at every location.
+            Default (1, 2, 3, 1/2, 1/3).
+        extra_box: add the box of ratio 1 and scale ``sqrt(s_k * s_{k+1})`` at
+            every location. Default True.
+        variances: divisors of the encoded (cy, cx, h, w) offsets.
+            Default (0.1, 0.1, 0.2, 0.2).
+        clip: clip the default boxes to the image. Default False.
+    """
+
+    min_scale: float = 0.2
+    max_scale: float = 0.9
+    aspect_ratios: tuple[float, ...] = (1.0, 2.0, 3.0, 0.5, 1.0 / 3.0)
+    extra_box: bool = True
+    variances: tuple[float, float, float, float] = DEFAULT_VARIANCES
+    clip: bool = False
+
+    def __post_init__(self):
+        if not 0.0 < self.min_scale <= self.max_scale:
+            raise ValueError(
+                f"Invalid default-box scales min_scale={self.min_scale}, "
+                f"max_scale={self.max_scale}: expected 0 < min_scale <= max_scale."
+            )
+        if not self.aspect_ratios or min(self.aspect_ratios) <= 0:
+            raise ValueError(
+                f"Invalid aspect_ratios={self.aspect_ratios}: expected positive width/height ratios."
+            )
+        if len(self.variances) != 4 or min(self.variances) <= 0:
+            raise ValueError(f"Invalid variances={self.variances}: expected four positive numbers.")
+        object.__setattr__(self, "aspect_ratios", tuple(float(a) for a in self.aspect_ratios))
+        object.__setattr__(self, "variances", tuple(float(v) for v in self.variances))
+
+    @property
+    def boxes_per_location(self) -> int:
+        """Number of default boxes at each feature-map cell."""
+        return len(self.aspect_ratios) + int(self.extra_box)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "DefaultBoxConfig":
+        config = dict(config)
+        config["aspect_ratios"] = tuple(config.get("aspect_ratios", cls.aspect_ratios))
+        config["variances"] = tuple(config.get("variances", DEFAULT_VARIANCES))
+        return cls(**config)
+
+
+def feature_map_scales(num_maps: int, min_scale: float, max_scale: float) -> np.ndarray:
+    """Return the scales s_1 .. s_{m+1}, evenly spaced from min_scale to max_scale.
+
+    The last entry s_{m+1} continues the even spacing past max_scale (capped at 1)
+    and only sets the extra box of the last map.
+    """
+    if num_maps < 1:
+        raise ValueError(f"Invalid num_maps={num_maps}: an SSD needs at least one feature map.")
+    if num_maps == 1:
+        return np.array([min_scale, min(1.0, max_scale)], dtype=np.float64)
+    step = (max_scale - min_scale) / (num_maps - 1)
+    scales = min_scale + step * np.arange(num_maps + 1, dtype=np.float64)
+    scales[-1] = min(scales[-1], 1.0)
+    return scales
+
+
+def default_boxes(
+    feature_shapes: Sequence[Sequence[int]],
+    image_size: Sequence[int],
+    config: DefaultBoxConfig = DefaultBoxConfig(),
+) -> np.ndarray:
+    """Compute the default boxes of an SSD.
+
+    Args:
+        feature_shapes: (height, width) of each feature map, highest resolution first.
+        image_size: (height, width) of the network input in pixels.
+        config: scales, aspect ratios and clipping.
+
+    Returns:
+        float32 array (A, 4) of corner boxes, ``A = sum(h * w) * boxes_per_location``.
+    """
+    image_height, image_width = (int(v) for v in image_size)
+    geometric_side = math.sqrt(image_height * image_width)
+    scales = feature_map_scales(len(feature_shapes), config.min_scale, config.max_scale)
+    per_map = []
+    for k, (rows, cols) in enumerate(feature_shapes):
+        # Box sizes at this map, in pixels: one per aspect ratio, then the extra box.
+        sizes = [
+            (scales[k] / math.sqrt(a), scales[k] * math.sqrt(a)) for a in config.aspect_ratios
+        ]
+        if config.extra_box:
+            extra = math.sqrt(scales[k] * scales[k + 1])
+            sizes.append((extra, extra))
+        sizes = np.array(sizes, dtype=np.float64) * geometric_side
+        sizes /= np.array([image_height, image_width], dtype=np.float64)
+
+        # Cell centers, normalized, row-major.
+        cy = (np.arange(rows, dtype=np.float64) + 0.5) / rows
+        cx = (np.arange(cols, dtype=np.float64) + 0.5) / cols
+        centers = np.stack(np.meshgrid(cy, cx, indexing="ij"), axis=-1).reshape(-1, 1, 2)
+
+        half = sizes[None, :, :] / 2
+        corners = np.concatenate([centers - half, centers + half], axis=-1)
+        per_map.append(corners.reshape(-1, 4))
+    boxes = np.concatenate(per_map, axis=0)
+    if config.clip:
+        boxes = np.clip(boxes, 0.0, 1.0)
+    return boxes.astype(np.float32)
+
+
+def box_scales(boxes: np.ndarray) -> np.ndarray:
+    """Scale of each normalized box: ``sqrt(h * w)``, the side of a square of equal area."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+
+
+def fit_scales(boxes_per_image: Sequence[np.ndarray], low_quantile=0.02, high_quantile=0.98):
+    """Choose (min_scale, max_scale) from the box sizes of a dataset.
+
+    Takes the given quantiles of the ground-truth scales, so the smallest and the
+    largest objects both find default boxes of their size. The scale of a
+    normalized box does not depend on the input size because images are resized
+    to the input without keeping the aspect ratio.
+
+    Returns:
+        (min_scale, max_scale), each rounded to 3 decimals and kept within [0.02, 0.95].
+    """
+    scales = np.concatenate([box_scales(b) for b in boxes_per_image if len(b)] or [np.zeros(0)])
+    if scales.size == 0:
+        raise ValueError("Cannot fit default-box scales: the dataset has no boxes.")
+    low = float(np.clip(np.quantile(scales, low_quantile), 0.02, 0.95))
+    high = float(np.clip(np.quantile(scales, high_quantile), low, 0.95))
+    return round(low, 3), round(high, 3)
+
+
+def match_coverage(boxes_per_image: Sequence[np.ndarray], anchors: np.ndarray, threshold=0.5) -> float:
+    """Share of ground-truth boxes that have a default box with IoU >= threshold.
+
+    Boxes below the threshold still get their best default box when matched,
+    but they train one box only, so a low coverage points to badly sized scales.
+    """
+    total = 0
+    covered = 0
+    for boxes in boxes_per_image:
+        if len(boxes) == 0:
+            continue
+        best = iou_matrix_np(boxes, anchors).max(axis=1)
+        covered += int((best >= threshold).sum())
+        total += len(boxes)
+    return covered / total if total else float("nan")

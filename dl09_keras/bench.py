@@ -1,0 +1,110 @@
+"""``dl09 bench``: speed of a run's runtimes, model only and end to end.
+
+Model only: the runtime call on one preprocessed frame at batch 1, median over
+``--repeats`` calls after warm-up. End to end: frames/s over the frames of
+``--source`` (decode, preprocess, model, NMS, drawing; no window, no writing).
+With ``--runtime all`` every runtime runs in a process of its own, because two
+runtimes in one process slow each other down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+logger = logging.getLogger(__name__)
+
+BENCH_RUNTIMES = ("keras", "onnxruntime", "opencv", "tflite_fp32", "tflite_fp16", "tflite_int8")
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("run_dir")
+    parser.add_argument("--runtime", default="all", choices=("all",) + BENCH_RUNTIMES, help="Default: all.")
+    parser.add_argument("--source", required=True, help="video file or folder of images for the end-to-end timing.")
+    parser.add_argument("--frames", type=int, default=200, help="frames timed end to end. Default: 200.")
+    parser.add_argument("--repeats", type=int, default=200, help="model-only calls timed. Default: 200.")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of ONNX Runtime and LiteRT.")
+    parser.add_argument("--output", default=None, help="JSON file for the results; default RUN_DIR/bench.json.")
+
+
+def _split_runtime(name: str) -> tuple[str, str]:
+    if name.startswith("tflite_"):
+        return "tflite", name.split("_", 1)[1]
+    return name, "fp32"
+
+
+def bench_one(run_dir, runtime_name, source, frames, repeats, threads=None) -> dict:
+    """Time one runtime in this process."""
+    from dl09_keras.app import _source_kind, draw_detections, iterate_frames
+    from dl09_keras.inference import Detector, open_runtime
+    from dl09_keras.run import RunFolder
+
+    name, variant = _split_runtime(runtime_name)
+    class_names = RunFolder(run_dir).class_names()
+    detector = Detector(open_runtime(run_dir, name, variant, threads), class_names)
+    kind = _source_kind(source)
+    first = next(iterate_frames(source, kind, 1))[1]
+    batch = detector.preprocess(first)
+    for _ in range(10):
+        detector.runtime(batch)
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        detector.runtime(batch)
+        timings.append(time.perf_counter() - start)
+
+    count, start = 0, time.perf_counter()
+    for _, frame in iterate_frames(source, kind, frames):
+        draw_detections(frame, detector.detect(frame), class_names)
+        count += 1
+    elapsed = time.perf_counter() - start
+    return {
+        "runtime": runtime_name,
+        "model_ms_median": round(1000 * statistics.median(timings), 3),
+        "model_ms_p90": round(1000 * sorted(timings)[int(0.9 * (len(timings) - 1))], 3),
+        "end_to_end_frames_per_second": round(count / elapsed, 2),
+        "frames": count,
+        "frame_size": list(first.shape[:2]),
+        "threads": threads,
+    }
+
+
+def run_benchmark(args) -> dict:
+    """Run ``dl09 bench``; return and save the results."""
+    names = BENCH_RUNTIMES if args.runtime == "all" else (args.runtime,)
+    results = []
+    for name in names:
+        if args.runtime == "all":
+            command = [sys.executable, "-m", "dl09_keras.cli", "bench", args.run_dir, "--runtime", name,
+                       "--source", args.source, "--frames", str(args.frames), "--repeats", str(args.repeats),
+                       "--output", os.devnull]
+            if args.threads:
+                command += ["--threads", str(args.threads)]
+            completed = subprocess.run(command, capture_output=True, text=True)
+            if completed.returncode != 0:
+                logger.error("Benchmark of %s failed:\n%s", name, completed.stderr[-2000:])
+                results.append({"runtime": name, "error": completed.stderr.strip().splitlines()[-1:]})
+                continue
+            results.append(json.loads(completed.stdout[completed.stdout.index("{"):])["results"][0])
+        else:
+            results.append(bench_one(args.run_dir, name, args.source, args.frames, args.repeats, args.threads))
+        logger.info("%s", results[-1])
+    report = {
+        "run_dir": os.path.abspath(args.run_dir),
+        "source": os.path.abspath(args.source),
+        "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "results": results,
+    }
+    output = args.output or os.path.join(args.run_dir, "bench.json")
+    if output != os.devnull:
+        with open(output, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    return report

@@ -1,0 +1,187 @@
+"""The ``dl09`` command: train, evaluate, export, detect, bench, anchors, augment-preview.
+
+Each subcommand imports TensorFlow only when it runs, so ``dl09 --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+logger = logging.getLogger("dl09")
+
+
+def _setup_logging(verbose: bool = False):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _train(args):
+    from dl09_keras.training import train
+
+    run = train(args)
+    print(f"Run folder: {run.path}")
+    return 0
+
+
+def _evaluate(args):
+    from dl09_keras.evaluate_run import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.data, args.split, args.runtime, args.tflite_variant)
+    print(f"mAP@0.5 = {result['map']:.4f}")
+    for name, ap in result["ap"].items():
+        print(f"  {name:<16} AP@0.5 = {ap:.4f}  ({result['num_ground_truths'][name]} ground truths)")
+    print(f"Saved in {os.path.join(args.run_dir, 'evaluation.json')}")
+    return 0
+
+
+def _export(args):
+    from export.__main__ import main as export_main
+
+    forwarded = [args.run_dir, "--to", *args.to]
+    if args.parity_images:
+        forwarded += ["--parity-images", str(args.parity_images)]
+    return export_main(forwarded)
+
+
+def _detect(args):
+    from dl09_keras.app import run_detection
+
+    return run_detection(args)
+
+
+def _anchors(args):
+    from dl09_keras.anchors import DefaultBoxConfig, box_scales, default_boxes, fit_scales, match_coverage
+    from dl09_keras.data import load_dataset
+    from dl09_keras.models import SSDConfig, build_ssd, feature_shapes
+    from dl09_keras.training import choose_box_config
+
+    import numpy as np
+
+    dataset = load_dataset(args.data, args.split)
+    boxes = [s.boxes for s in dataset.samples]
+    scales = np.concatenate([box_scales(b) for b in boxes])
+    quantiles = np.quantile(scales, [0.0, 0.02, 0.25, 0.5, 0.75, 0.98, 1.0])
+    print(dataset.describe())
+    print("box scale sqrt(h*w) quantiles 0/2/25/50/75/98/100%: " + " ".join(f"{q:.3f}" for q in quantiles))
+    print(f"fitted scales (--scales auto): {fit_scales(boxes)}")
+    config = choose_box_config(args.scales, dataset)
+    model = build_ssd(SSDConfig(dataset.num_classes, args.input_size, num_maps=args.num_maps, box_config=config))
+    shapes = feature_shapes(model)
+    anchors = default_boxes(shapes, args.input_size, config)
+    for candidate in (DefaultBoxConfig(), config):
+        coverage = match_coverage(boxes, default_boxes(shapes, args.input_size, candidate))
+        print(f"scales {candidate.min_scale:.3f}..{candidate.max_scale:.3f}: {100 * coverage:.1f}% of the "
+              f"boxes have a default box with IoU >= 0.5")
+    print(f"{len(anchors)} default boxes on feature maps {shapes}")
+    return 0
+
+
+def _augment_preview(args):
+    from dl09_keras.viz import save_augmented_samples
+
+    paths = save_augmented_samples(args.data, args.split, args.output, args.count, args.input_size, args.seed)
+    print(f"Wrote {len(paths)} images with their boxes to {args.output}")
+    return 0
+
+
+def _bench(args):
+    from dl09_keras.bench import run_benchmark
+
+    result = run_benchmark(args)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _demo(args):
+    from dl09_keras.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dl09_keras.inference.runtimes import RUNTIMES, TFLITE_VARIANTS
+
+    parser = argparse.ArgumentParser(prog="dl09", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="log at DEBUG level.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    from dl09_keras.training_args import add_training_arguments, parse_input_size
+
+    train = commands.add_parser("train", help="train an SSD and write a run folder.")
+    add_training_arguments(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="mAP@0.5 of a run on a dataset split.")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--data", default=None, help="dataset spec; default: the run's training data.")
+    evaluate.add_argument("--split", default="test", help="Default: test.")
+    evaluate.add_argument("--runtime", choices=RUNTIMES, default="keras", help="Default: keras.")
+    evaluate.add_argument("--tflite-variant", choices=TFLITE_VARIANTS, default="fp32")
+    evaluate.set_defaults(handler=_evaluate)
+
+    export = commands.add_parser("export", help="convert a run to ONNX and TFLite (same as python -m export).")
+    export.add_argument("run_dir")
+    export.add_argument("--to", nargs="+", choices=("onnx", "tflite"), default=["onnx", "tflite"])
+    export.add_argument("--parity-images", type=int, default=10)
+    export.set_defaults(handler=_export)
+
+    detect = commands.add_parser("detect", help="run a trained detector on a camera, video, image or folder.")
+    from dl09_keras.app import add_detect_arguments
+
+    add_detect_arguments(detect)
+    detect.set_defaults(handler=_detect)
+
+    anchors = commands.add_parser("anchors", help="box-size statistics and default-box coverage of a dataset.")
+    anchors.add_argument("--data", required=True)
+    anchors.add_argument("--split", default="train")
+    anchors.add_argument("--input-size", type=parse_input_size, default=(320, 320))
+    anchors.add_argument("--num-maps", type=int, default=5)
+    anchors.add_argument("--scales", default="auto")
+    anchors.set_defaults(handler=_anchors)
+
+    preview = commands.add_parser("augment-preview", help="save augmented training samples with their boxes drawn.")
+    preview.add_argument("--data", default="shapes")
+    preview.add_argument("--split", default="train")
+    preview.add_argument("--output", default="augmented")
+    preview.add_argument("--count", type=int, default=16)
+    preview.add_argument("--input-size", type=parse_input_size, default=(320, 320))
+    preview.add_argument("--seed", type=int, default=0)
+    preview.set_defaults(handler=_augment_preview)
+
+    bench = commands.add_parser("bench", help="time a run's runtimes (model only and end to end).")
+    from dl09_keras.bench import add_bench_arguments
+
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=_bench)
+
+    demo = commands.add_parser("demo", help="train on shapes, export, detect on a generated video.")
+    demo.add_argument("--output", default="demo", help="folder for every output. Default: demo.")
+    demo.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count.")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _setup_logging("--debug" in argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        if args.debug:
+            raise
+        logger.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The run folder: everything a later stage needs, so export and detect take only its path.
+
+Layout::
+
+    RUN_DIR/
+      model.keras          training model (raw head outputs), reloads in safe mode
+      saved_model/         inference graph (image -> scores, boxes) from model.export
+      metadata.json        classes, input size, preprocessing, default boxes, command, metrics
+      history.csv          one row of losses and metrics per epoch
+      logs/                TensorBoard event files
+      checkpoints/         last.keras after every epoch
+      backup/              BackupAndRestore state while a run is unfinished
+      evaluation.json      written by ``dl09 evaluate``
+      model.onnx, model_fp32.tflite, model_fp16.tflite, model_int8.tflite, parity.json
+                           written by ``python -m export``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import keras
+
+from dl09_keras.anchors import DefaultBoxConfig
+from dl09_keras.models.ssd import SSDConfig, build_inference_model
+
+METADATA_VERSION = 1
+
+# How every runtime must prepare an image; recorded in metadata.json for other tools.
+PREPROCESSING = {
+    "color_order": "RGB",
+    "resize": "stretch to the input size, bilinear, without keeping the aspect ratio",
+    "input_dtype": "float32",
+    "input_range": [0.0, 255.0],
+    "input_layout": "NHWC",
+    "note": "the model scales to [-1, 1] itself",
+}
+
+
+class RunFolder:
+    """Paths of a run folder and its metadata."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    @property
+    def model_path(self) -> str:
+        return self.file("model.keras")
+
+    @property
+    def saved_model_path(self) -> str:
+        return self.file("saved_model")
+
+    @property
+    def metadata_path(self) -> str:
+        return self.file("metadata.json")
+
+    def exists(self) -> bool:
+        return os.path.isfile(self.metadata_path)
+
+    def read_metadata(self) -> dict[str, Any]:
+        if not self.exists():
+            raise FileNotFoundError(
+                f"No metadata.json in {self.path}: pass the folder a training run wrote "
+                "(train.py prints it when it ends)."
+            )
+        with open(self.metadata_path, encoding="utf-8") as f:
+            metadata = json.load(f)
+        version = metadata.get("format_version")
+        if version != METADATA_VERSION:
+            raise ValueError(
+                f"{self.metadata_path} has format_version={version!r}; this version of dl09 "
+                f"reads {METADATA_VERSION}."
+            )
+        return metadata
+
+    def write_metadata(self, metadata: dict[str, Any]):
+        os.makedirs(self.path, exist_ok=True)
+        temporary = self.metadata_path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(metadata, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(temporary, self.metadata_path)
+
+    def update_metadata(self, **entries):
+        metadata = self.read_metadata()
+        metadata.update(entries)
+        self.write_metadata(metadata)
+        return metadata
+
+    def ssd_config(self) -> SSDConfig:
+        return SSDConfig.from_dict(self.read_metadata()["model"])
+
+    def class_names(self) -> list[str]:
+        return list(self.read_metadata()["class_names"])
+
+    def load_training_model(self) -> keras.Model:
+        """Load model.keras in safe mode (the custom objects are registered by dl09_keras)."""
+        if not os.path.isfile(self.model_path):
+            raise FileNotFoundError(f"{self.model_path} not found: the training run did not finish.")
+        return keras.saving.load_model(self.model_path, safe_mode=True)
+
+    def load_inference_model(self) -> keras.Model:
+        box_config = DefaultBoxConfig.from_dict(self.read_metadata()["model"]["box_config"])
+        return build_inference_model(self.load_training_model(), box_config)

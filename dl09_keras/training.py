@@ -1,0 +1,284 @@
+"""Training of the SSD with model.fit, writing a complete run folder.
+
+:func:`train` reads the data, sizes the default boxes, builds the model and the
+tf.data pipelines, trains with progress bars, checkpoints, resume after an
+interruption, NaN guard, CSV history, TensorBoard and a warm-up plus cosine
+learning-rate schedule, then saves ``model.keras``, ``saved_model/`` and
+``metadata.json`` (with the validation mAP when a validation split is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dl09_keras.anchors import DefaultBoxConfig, default_boxes, fit_scales, match_coverage
+from dl09_keras.data import AugmentConfig, load_dataset, training_pipeline, validation_pipeline
+from dl09_keras.inference import Detector, KerasRuntime, evaluate_detector
+from dl09_keras.losses import SSDLoss
+from dl09_keras.models import SSDConfig, build_inference_model, build_ssd, feature_shapes
+from dl09_keras.optimizers import get_optimizer
+from dl09_keras.run import METADATA_VERSION, PREPROCESSING, RunFolder
+
+logger = logging.getLogger(__name__)
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop training once ``minutes`` of wall time have passed since training began."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = minutes * 60
+        self.stopped_epoch = None
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.monotonic() - self.start > self.seconds:
+            logger.warning("Time limit of %.1f minutes reached after epoch %d: stopping.", self.seconds / 60, epoch + 1)
+            self.stopped_epoch = epoch + 1
+            self.model.stop_training = True
+
+
+class MeanAveragePrecision(keras.callbacks.Callback):
+    """Compute validation mAP@0.5 every ``every`` epochs and add it to the logs as ``val_map``."""
+
+    def __init__(self, dataset, box_config, every: int):
+        super().__init__()
+        self.dataset = dataset
+        self.box_config = box_config
+        self.every = every
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or (epoch + 1) % self.every:
+            return
+        runtime = KerasRuntime(build_inference_model(self.model, self.box_config))
+        detector = Detector(runtime, self.dataset.class_names, score_threshold=0.01)
+        result = evaluate_detector(detector, self.dataset, progress=False)
+        logs["val_map"] = result["map"]
+        per_class = ", ".join(f"{k} {v:.3f}" for k, v in result["ap"].items())
+        logger.info("Epoch %d: val mAP@0.5 %.4f (%s)", epoch + 1, result["map"], per_class)
+
+
+class StopAtMeanAveragePrecision(keras.callbacks.Callback):
+    """Stop training once ``val_map`` (from :class:`MeanAveragePrecision`) reaches ``target``."""
+
+    def __init__(self, target: float):
+        super().__init__()
+        self.target = target
+        self.stopped_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and logs.get("val_map", -1.0) >= self.target:
+            logger.info("Validation mAP@0.5 %.4f reached the target %.4f: stopping.", logs["val_map"], self.target)
+            self.stopped_epoch = epoch + 1
+            self.model.stop_training = True
+
+
+def warmup_cosine(peak: float, total_steps: int, warmup_steps: int):
+    """Linear warm-up from peak/100 to ``peak``, then cosine decay to peak/100."""
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    if warmup_steps == 0:
+        return keras.optimizers.schedules.CosineDecay(peak, max(total_steps, 1), alpha=0.01)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak / 100,
+        decay_steps=total_steps - warmup_steps,
+        alpha=0.01,
+        warmup_target=peak,
+        warmup_steps=warmup_steps,
+    )
+
+
+def choose_box_config(scales: str, train_dataset) -> DefaultBoxConfig:
+    """Return default-box settings from ``--scales`` ('auto' or 'MIN,MAX')."""
+    if scales == "auto":
+        low, high = fit_scales([s.boxes for s in train_dataset.samples])
+        logger.info("Default-box scales fitted to the training boxes: %.3f to %.3f", low, high)
+        return DefaultBoxConfig(min_scale=low, max_scale=high)
+    try:
+        low, high = (float(v) for v in scales.split(","))
+    except ValueError:
+        raise ValueError(f"Invalid --scales {scales!r}: expected 'auto' or MIN,MAX such as 0.1,0.9.") from None
+    return DefaultBoxConfig(min_scale=low, max_scale=high)
+
+
+def _prepare_run_folder(args) -> RunFolder:
+    if args.run_dir is None:
+        name = args.data.split(":")[0] + time.strftime("-%Y%m%d-%H%M%S")
+        args.run_dir = os.path.join("runs", name)
+    run = RunFolder(args.run_dir)
+    if os.path.isfile(run.model_path):
+        if not args.overwrite:
+            raise FileExistsError(
+                f"{run.path} already holds a finished run (model.keras): choose another --run-dir "
+                "or pass --overwrite."
+            )
+        shutil.rmtree(run.path)
+    if os.path.isdir(run.file("backup")):
+        logger.info("Resuming the unfinished run in %s", run.path)
+    os.makedirs(run.path, exist_ok=True)
+    return run
+
+
+def train(args: argparse.Namespace) -> RunFolder:
+    """Train an SSD as described by parsed ``train.py`` arguments; return its run folder."""
+    run = _prepare_run_folder(args)
+    keras.utils.set_random_seed(args.seed)
+
+    train_data = load_dataset(args.data, args.train_split)
+    val_data = load_dataset(args.data, args.val_split, train_data.class_names) if args.val_split else None
+    logger.info("Training data: %s", train_data.describe())
+    if val_data is not None:
+        logger.info("Validation data: %s", val_data.describe())
+
+    box_config = choose_box_config(args.scales, train_data)
+    ssd_config = SSDConfig(
+        num_classes=train_data.num_classes,
+        input_size=args.input_size,
+        backbone=args.backbone,
+        width=args.width,
+        num_maps=args.num_maps,
+        neck=args.neck,
+        neck_channels=args.neck_channels,
+        box_config=box_config,
+    )
+    model = build_ssd(ssd_config)
+    shapes = feature_shapes(model)
+    anchors = default_boxes(shapes, ssd_config.input_size, box_config)
+    coverage = match_coverage([s.boxes for s in train_data.samples], anchors)
+    logger.info(
+        "%d default boxes on feature maps %s; %.1f%% of the training boxes have one with IoU >= 0.5",
+        len(anchors), shapes, 100 * coverage,
+    )
+
+    from dl09_keras.matching import TargetEncoder
+
+    encoder = TargetEncoder(anchors, box_config.variances)
+    max_side = args.max_side or 2 * max(ssd_config.input_size)
+    augment_config = AugmentConfig(zoom_out_max=1.0 if args.no_zoom_out else 4.0)
+    if args.no_augment:
+        augment_config = AugmentConfig(photometric=False, zoom_out_probability=0.0, crop=False, flip_probability=0.0)
+    train_pipe = training_pipeline(
+        train_data, encoder, ssd_config.input_size, args.batch_size, augment_config, max_side, seed=args.seed
+    )
+    val_pipe = (
+        validation_pipeline(val_data, encoder, ssd_config.input_size, args.batch_size, max_side)
+        if val_data is not None else None
+    )
+
+    steps_per_epoch = len(train_data) // args.batch_size
+    schedule = warmup_cosine(
+        args.learning_rate, steps_per_epoch * args.epochs, int(args.warmup_epochs * steps_per_epoch)
+    )
+    options = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
+    optimizer = get_optimizer(args.optimizer, schedule, **options)
+    loss = SSDLoss()
+    model.compile(optimizer=optimizer, loss=loss)
+
+    metadata = {
+        "format_version": METADATA_VERSION,
+        "status": "training",
+        "task": "ssd",
+        "class_names": train_data.class_names,
+        "input_size": list(ssd_config.input_size),
+        "preprocessing": PREPROCESSING,
+        "model": ssd_config.to_dict(),
+        "anchors": {
+            "config": box_config.to_dict(),
+            "feature_shapes": [list(s) for s in shapes],
+            "num_default_boxes": int(len(anchors)),
+            "train_coverage_iou_0.5": round(float(coverage), 4),
+            "order": "feature map, then cell row-major, then box (aspect ratios, then the extra box)",
+        },
+        "data": {
+            "source": args.data,
+            "train_split": args.train_split,
+            "val_split": args.val_split,
+            "train_images": len(train_data),
+            "train_skipped": train_data.skipped,
+            "max_side": max_side,
+        },
+        "training": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "optimizer": args.optimizer,
+            "optimizer_config": keras.optimizers.serialize(optimizer)["config"] | {"learning_rate": "warmup_cosine"},
+            "learning_rate": {"schedule": "linear warm-up, then cosine decay", "peak": args.learning_rate,
+                              "warmup_epochs": args.warmup_epochs},
+            "loss": loss.get_config(),
+            "augmentation": dataclasses.asdict(augment_config),
+            "seed": args.seed,
+        },
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
+    }
+    if run.exists():
+        metadata["training"]["resumed_from"] = run.read_metadata().get("training", {}).get("started")
+    metadata["training"]["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    run.write_metadata(metadata)
+
+    os.makedirs(run.file("checkpoints"), exist_ok=True)
+    time_limit = TimeLimit(args.time_limit) if args.time_limit else None
+    callbacks = [
+        keras.callbacks.BackupAndRestore(run.file("backup")),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.ModelCheckpoint(run.file(os.path.join("checkpoints", "last.keras"))),
+        keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch"),
+    ]
+    if val_data is not None and args.map_every:
+        callbacks.append(MeanAveragePrecision(val_data, box_config, args.map_every))
+    if args.stop_at_map is not None:
+        if val_data is None or not args.map_every:
+            raise ValueError("--stop-at-map needs --val-split and --map-every N to compute the validation mAP.")
+        callbacks.append(StopAtMeanAveragePrecision(args.stop_at_map))
+    if time_limit:
+        callbacks.append(time_limit)
+    callbacks.append(keras.callbacks.CSVLogger(run.file("history.csv"), append=True))
+
+    start = time.monotonic()
+    history = model.fit(
+        train_pipe,
+        validation_data=val_pipe,
+        epochs=args.epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks,
+        verbose=args.verbose,
+        shuffle=False,  # the pipeline shuffles
+    )
+    seconds = time.monotonic() - start
+    if not history.history or any(math.isnan(v) for v in history.history.get("loss", [])):
+        raise RuntimeError(f"Training of {run.path} diverged (NaN loss): lower --learning-rate.")
+
+    model.save(run.model_path)
+    inference_model = build_inference_model(model, box_config)
+    inference_model.export(run.saved_model_path, format="tf_saved_model", verbose=False)
+
+    updates = {
+        "status": "finished",
+        "training": metadata["training"] | {
+            "seconds_this_process": round(seconds, 1),
+            "epochs_run": len(history.history["loss"]),
+            "stopped_by_time_limit_after_epoch": time_limit.stopped_epoch if time_limit else None,
+            "final_loss": float(history.history["loss"][-1]),
+        },
+    }
+    if val_data is not None:
+        detector = Detector(KerasRuntime(inference_model), train_data.class_names, score_threshold=0.01)
+        result = evaluate_detector(detector, val_data)
+        result.update(data=args.data, split=args.val_split, runtime="keras")
+        updates["evaluation"] = {args.val_split: result}
+        logger.info("Validation mAP@0.5 on %s: %.4f %s", args.val_split, result["map"], result["ap"])
+    run.update_metadata(**updates)
+    logger.info("Run folder: %s", run.path)
+    return run

@@ -1,0 +1,72 @@
+"""Command-line options of training, kept free of TensorFlow imports so ``--help`` is quick."""
+
+from __future__ import annotations
+
+import argparse
+
+BACKBONES = ("resnet", "mobilenetv2")
+NECKS = ("none", "fpn")
+SPEC_HELP = "voc:PATH (Pascal VOC folder), yolo:PATH (YOLO txt folder with data.yaml) or shapes (synthetic)"
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """Parse ``320`` or ``HEIGHTxWIDTH`` (e.g. ``240x320``) into (height, width)."""
+    try:
+        parts = [int(v) for v in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 64:
+        raise argparse.ArgumentTypeError(
+            f"invalid input size {text!r}: expected SIDE or HEIGHTxWIDTH in pixels, each >= 64"
+        )
+    return parts[0], parts[1]
+
+
+def add_training_arguments(parser: argparse.ArgumentParser):
+    """Declare the options of ``train.py`` and ``dl09 train``."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default="shapes", help=f"dataset: {SPEC_HELP}. Default: shapes.")
+    data.add_argument("--train-split", default="train", help="split to train on. Default: train.")
+    data.add_argument("--val-split", default=None, help="split for validation loss and mAP; none by default.")
+    data.add_argument("--max-side", type=int, default=None,
+                      help="downscale images whose longer side exceeds this many pixels before caching "
+                           "(default: twice the larger input side).")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--input-size", type=parse_input_size, default=(320, 320),
+                       help="network input, SIDE or HEIGHTxWIDTH in pixels. Default: 320.")
+    model.add_argument("--backbone", choices=BACKBONES, default="resnet", help="Default: resnet.")
+    model.add_argument("--width", type=float, default=1.0, help="backbone channel multiplier. Default: 1.0.")
+    model.add_argument("--num-maps", type=int, default=5, help="feature maps with heads (>= 4). Default: 5.")
+    model.add_argument("--neck", choices=NECKS, default="none",
+                       help="'fpn' merges coarse maps into fine ones (helps small objects). Default: none.")
+    model.add_argument("--neck-channels", type=int, default=96, help="channels of the FPN neck. Default: 96.")
+    model.add_argument("--scales", default="auto",
+                       help="default-box scales MIN,MAX as fractions of the input side, or 'auto' to fit "
+                            "them to the 2%% and 98%% quantiles of the training boxes. Default: auto.")
+
+    fit = parser.add_argument_group("training")
+    fit.add_argument("--epochs", type=int, default=30, help="Default: 30.")
+    fit.add_argument("--batch-size", type=int, default=16, help="Default: 16.")
+    fit.add_argument("--optimizer", default="adam", help="optimizer name: sgd, momentum, nesterov, adam, adamw, rmsprop, adagrad, adadelta, "
+                          "or a registered one of dl09_keras.optimizers. Default: adam.")
+    fit.add_argument("--learning-rate", type=float, default=2e-3, help="peak learning rate. Default: 0.002.")
+    fit.add_argument("--weight-decay", type=float, default=None, help="decoupled weight decay of the optimizer.")
+    fit.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length. Default: 1.")
+    fit.add_argument("--no-zoom-out", action="store_true", help="disable the zoom-out augmentation.")
+    fit.add_argument("--no-augment", action="store_true", help="train on resized images only.")
+    fit.add_argument("--map-every", type=int, default=0,
+                     help="compute validation mAP@0.5 every N epochs (0: only at the end).")
+    fit.add_argument("--stop-at-map", type=float, default=None,
+                     help="stop once the validation mAP@0.5 computed by --map-every reaches this value.")
+    fit.add_argument("--time-limit", type=float, default=None,
+                     help="stop after this many minutes of training, keeping the model so far.")
+    fit.add_argument("--seed", type=int, default=0, help="seed of weights and shuffling. Default: 0.")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--run-dir", default=None,
+                     help="run folder; an unfinished run there resumes. Default: runs/<data>-<time>.")
+    out.add_argument("--overwrite", action="store_true", help="replace a finished run in --run-dir.")
+    out.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress: 0, 1 (bar), 2 (line).")
