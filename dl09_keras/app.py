@@ -112,13 +112,13 @@ class FrameRate:
     def __init__(self, smoothing=0.9):
         self.smoothing = smoothing
         self.value = 0.0
-        self.last = None
+        self.last = time.perf_counter()
 
     def tick(self) -> float:
+        """Record the end of a frame; return the smoothed rate, the first frame's own rate at first."""
         now = time.perf_counter()
-        if self.last is not None:
-            current = 1.0 / max(now - self.last, 1e-9)
-            self.value = current if self.value == 0 else self.smoothing * self.value + (1 - self.smoothing) * current
+        current = 1.0 / max(now - self.last, 1e-9)
+        self.value = current if self.value == 0 else self.smoothing * self.value + (1 - self.smoothing) * current
         self.last = now
         return self.value
 

@@ -43,7 +43,8 @@ def tiny_run(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("runs") / "tiny")
     run_cli(
         "train", "--data", "shapes", "--train-split", "val", "--val-split", "test",
-        "--input-size", "128", "--width", "0.25", "--epochs", "1", "--batch-size", "16",
+        "--input-size", "96x128", "--width", "0.25", "--neck", "fpn", "--neck-channels", "16",
+        "--epochs", "1", "--batch-size", "16",
         "--run-dir", run_dir, "--verbose", "2",
     )
     completed = subprocess.run(

@@ -80,10 +80,14 @@ def fpn_neck(maps, channels):
     ]
     merged = [laterals[-1]]
     for k in range(len(maps) - 2, -1, -1):
-        height, width = laterals[k].shape[1], laterals[k].shape[2]
-        upsampled = layers.Resizing(
-            height, width, interpolation="nearest", name=f"fpn_upsample_{k}"
-        )(merged[0])
+        # Doubling then cropping matches the "same"-padded stride-2 shapes (ceil(n / 2)) exactly
+        # and exports to ops that ONNX Runtime, OpenCV DNN and LiteRT all run; a Resizing layer
+        # to an odd size fails ONNX shape inference.
+        upsampled = layers.UpSampling2D(2, interpolation="nearest", name=f"fpn_upsample_{k}")(merged[0])
+        extra_rows = upsampled.shape[1] - laterals[k].shape[1]
+        extra_cols = upsampled.shape[2] - laterals[k].shape[2]
+        if extra_rows or extra_cols:
+            upsampled = layers.Cropping2D(((0, extra_rows), (0, extra_cols)), name=f"fpn_crop_{k}")(upsampled)
         merged.insert(0, layers.Add(name=f"fpn_add_{k}")([laterals[k], upsampled]))
     outputs = []
     for k, m in enumerate(merged):

@@ -1,0 +1,32 @@
+# Every target creates .venv with the pinned packages when it is missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHARED ?= ../shared
+
+.PHONY: install demo test test-slow bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dl09 demo --output demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+# Trains on BCCD and Aquarium, exports, evaluates and times every runtime (hours on 2 cores).
+bench: $(STAMP)
+	SHARED=$(SHARED) ./scripts/benchmarks.sh
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Reproduce the figures of docs/benchmarks.md: train on BCCD and Aquarium, evaluate on their
+# test splits, export, check parity, evaluate the int8 model and time every runtime.
+# Usage: SHARED=../shared scripts/benchmarks.sh [bccd|aquarium|runtimes ...] (default: all three)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SHARED:-../shared}
+BCCD=$SHARED/datasets/bccd
+AQUARIUM=$SHARED/datasets/aquarium
+OUT=${OUT:-runs/bench}
+BIN=.venv/bin
+mkdir -p "$OUT"
+steps=${*:-bccd aquarium runtimes}
+
+timed() {  # timed NAME COMMAND...: run, keep the log, record wall and CPU seconds
+  local name=$1; shift
+  echo "== $name: $*" | tee -a "$OUT/commands.txt"
+  /usr/bin/time -f "$name wall %e s, user %U s, system %S s, max RSS %M KB" -a -o "$OUT/times.txt" \
+    "$@" > "$OUT/$name.log" 2>&1
+  tail -n 3 "$OUT/$name.log"
+}
+
+for step in $steps; do
+  case $step in
+  bccd)
+    rm -rf "$OUT/bccd"
+    timed bccd-train $BIN/python train.py --data "voc:$BCCD" --train-split trainval --val-split test \
+      --input-size 288x384 --width 0.5 --neck fpn --neck-channels 64 --epochs 80 --map-every 10 \
+      --run-dir "$OUT/bccd" --verbose 2
+    timed bccd-evaluate $BIN/dl09 evaluate "$OUT/bccd" --data "voc:$BCCD" --split test
+    timed bccd-export $BIN/python -m export "$OUT/bccd" --to onnx tflite
+    for variant in fp16 int8; do
+      timed "bccd-evaluate-$variant" $BIN/dl09 evaluate "$OUT/bccd" --data "voc:$BCCD" --split test \
+        --runtime tflite --tflite-variant "$variant"
+    done
+    ;;
+  aquarium)
+    rm -rf "$OUT/aquarium"
+    timed aquarium-train $BIN/python train.py --data "yolo:$AQUARIUM" --train-split train --val-split valid \
+      --input-size 320x416 --width 0.5 --neck fpn --neck-channels 64 --epochs 60 --map-every 10 \
+      --run-dir "$OUT/aquarium" --verbose 2
+    timed aquarium-evaluate $BIN/dl09 evaluate "$OUT/aquarium" --data "yolo:$AQUARIUM" --split test
+    ;;
+  runtimes)
+    mkdir -p "$OUT/bccd-test-images"
+    for name in $(cat "$BCCD/BCCD/ImageSets/Main/test.txt"); do
+      cp "$BCCD/BCCD/JPEGImages/$name.jpg" "$OUT/bccd-test-images/"
+    done
+    timed bench-video $BIN/dl09 bench "$OUT/bccd" --source "$SHARED/videos/box.mp4" --frames 300 \
+      --output "$OUT/bench-box.json"
+    timed bench-images $BIN/dl09 bench "$OUT/bccd" --source "$OUT/bccd-test-images" --frames 72 \
+      --output "$OUT/bench-bccd-test.json"
+    for runtime in keras onnxruntime opencv tflite; do
+      timed "detect-video-$runtime" $BIN/dl09 detect "$OUT/bccd" --source "$SHARED/videos/box.mp4" \
+        --runtime "$runtime" --no-show --output "$OUT/detect-box-$runtime.mp4"
+      timed "detect-images-$runtime" $BIN/dl09 detect "$OUT/bccd" --source "$OUT/bccd-test-images" \
+        --runtime "$runtime" --no-show --output "$OUT/detect-bccd-$runtime"
+    done
+    ;;
+  *) echo "unknown step $step: choose bccd, aquarium or runtimes" >&2; exit 2 ;;
+  esac
+done
+echo "Logs and results in $OUT"
