@@ -2,8 +2,8 @@
 
 Frames come from OpenCV (BGR); :class:`~dl09_keras.inference.Detector` converts
 them for the model, and boxes are drawn on the original frame. In window mode
-the annotated frames are shown with a frames-per-second overlay until q or Esc;
-with ``--no-show`` they are written to ``--output`` and the speed is printed.
+the annotated frames are shown with a frames-per-second overlay until q or Esc.
+With ``--no-show`` they are written to ``--output`` and the speed is printed.
 """
 
 from __future__ import annotations

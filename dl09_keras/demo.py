@@ -1,9 +1,9 @@
 """``dl09 demo`` (``make demo``): the whole job on synthetic shapes, with no files needed.
 
-Trains an SSD on the shapes dataset until the validation mAP@0.5 reaches 0.9,
-evaluates it on the held-out test split, exports ONNX and TFLite with a parity
-report, renders a video of moving shapes and runs ``dl09 detect`` on it
-headless, then lists every output.
+The demo trains an SSD on the shapes dataset until the validation mAP@0.5
+reaches 0.9 and evaluates it on the held-out test split. It exports ONNX and
+TFLite with a parity report, renders a video of moving shapes, runs
+``dl09 detect`` on it headless, and lists every output.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ score; each goes to the ground truth it overlaps most in its image. It is a
 true positive when that IoU is at least the threshold (0.5) and the ground truth
 is still free, a false positive otherwise. A detection whose best ground truth
 is marked difficult counts as neither. AP is the area under the precision-recall
-curve after making precision monotonically decreasing (VOC 2010 and later);
-the 11-point variant of VOC 2007 and COCO's 101-point variant are available too.
+curve after making precision monotonically decreasing (VOC 2010 and later).
+The 11-point variant of VOC 2007 and COCO's 101-point variant are available too.
 
 Boxes are normalized ``[ymin, xmin, ymax, xmax]``; any common scale works as
 long as detections and ground truths share it.

@@ -28,7 +28,7 @@ from dl09_keras.models.ssd import SSDConfig, build_inference_model
 
 METADATA_VERSION = 1
 
-# How every runtime must prepare an image; recorded in metadata.json for other tools.
+# The image preparation every runtime must apply, recorded in metadata.json for other tools.
 PREPROCESSING = {
     "color_order": "RGB",
     "resize": "stretch to the input size, bilinear, without keeping the aspect ratio",

@@ -1,10 +1,10 @@
 """Training of the SSD with model.fit, writing a complete run folder.
 
-:func:`train` reads the data, sizes the default boxes, builds the model and the
-tf.data pipelines, trains with progress bars, checkpoints, resume after an
-interruption, NaN guard, CSV history, TensorBoard and a warm-up plus cosine
-learning-rate schedule, then saves ``model.keras``, ``saved_model/`` and
-``metadata.json`` (with the validation mAP when a validation split is given).
+:func:`train` reads the data, sizes the default boxes, and builds the model and
+the tf.data pipelines. It trains with progress bars, checkpoints, resume after an
+interruption, a NaN guard, CSV history, TensorBoard and a warm-up plus cosine
+learning-rate schedule. Then it saves ``model.keras``, ``saved_model/`` and
+``metadata.json``, with the validation mAP when a validation split is given.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def _prepare_run_folder(args) -> RunFolder:
     if os.path.isfile(run.model_path):
         if not args.overwrite:
             raise FileExistsError(
-                f"{run.path} already holds a finished run (model.keras): choose another --run-dir "
+                f"{run.path} already contains a finished run (model.keras): choose another --run-dir "
                 "or pass --overwrite."
             )
         shutil.rmtree(run.path)

@@ -52,8 +52,8 @@ def export_onnx(run: RunFolder, inference_model=None) -> str:
 def representative_images(run: RunFolder, count: int = 100):
     """Yield up to ``count`` training images, preprocessed like every runtime's input.
 
-    int8 calibration needs the input range the model sees in use, so it reads the
-    run's own training split, without augmentation.
+    int8 calibration needs the input range of real use, so it reads the run's
+    own training split, without augmentation.
     """
     from dl09_keras.data import load_dataset
     from dl09_keras.inference import Detector, Runtime
@@ -80,10 +80,10 @@ def representative_images(run: RunFolder, count: int = 100):
 def export_tflite(run: RunFolder, variants=("fp32", "fp16", "int8"), calibration_images: int = 100) -> list[str]:
     """Convert ``saved_model/`` to TFLite files; return their paths.
 
-    Variants: ``fp32`` (plain), ``fp16`` (weights stored as float16),
+    Variants: ``fp32`` (plain), ``fp16`` (weights stored as float16), and
     ``int8`` (weights and activations quantized with the run's training images
-    as representative data; input and outputs stay float32, and ops without an
-    int8 kernel fall back to float).
+    as representative data). The int8 model keeps float32 input and outputs,
+    and ops without an int8 kernel fall back to float.
     """
     if not os.path.isdir(run.saved_model_path):
         raise FileNotFoundError(f"{run.saved_model_path} not found: the training run did not finish.")

@@ -1,9 +1,9 @@
 """Parity of the exported models with Keras on real images.
 
 For each runtime the report gives the largest absolute difference from the
-Keras model in scores and in box coordinates over the images, and whether the
-detections after the shared NMS are the same: equal count and labels in score
-order, and boxes within ``box_match_tolerance``.
+Keras model in scores and in box coordinates over the images. It also tells
+whether the detections after the shared NMS are the same, which means equal
+count and labels in score order and boxes within ``box_match_tolerance``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """SSD data augmentation as TensorFlow ops for the tf.data pipeline.
 
-Per image, following the SSD paper: photometric distortion, zoom-out onto a
-larger canvas, then one of three crops chosen uniformly: the whole image, a
-patch whose IoU with at least one object is at least 0.1, 0.3, 0.5, 0.7 or 0.9,
-or a random patch. A box is kept when its center lies in the patch and is
+Each image goes through the steps of the SSD paper (Liu et al., 2016):
+photometric distortion, then zoom-out onto a larger canvas, then one of three
+crops chosen uniformly. The crop is the whole image, a patch whose IoU with at
+least one object is at least 0.1, 0.3, 0.5, 0.7 or 0.9, or a random patch. A box is kept when its center lies in the patch and is
 clipped to it. Then the patch is resized to the network input and flipped
 horizontally with probability 0.5.
 
@@ -32,7 +32,7 @@ class AugmentConfig:
         photometric: random brightness, contrast, saturation and hue. Default True.
         zoom_out_probability: chance to place the image on a larger canvas. Default 0.5.
         zoom_out_max: largest canvas side relative to the image; 1 disables
-            zoom-out. Default 4.0 (the paper's 16x area).
+            zoom-out. Default 4.0 (up to 16 times the area, as in SSD).
         crop: apply the random crop. Default True.
         min_ious: IoU bounds of the constrained patches. Default (0.1, 0.3, 0.5, 0.7, 0.9).
         crop_trials: patches sampled per image before falling back to the whole image. Default 50.
@@ -191,7 +191,7 @@ def augment(image, boxes, labels, output_size, config: AugmentConfig = AugmentCo
     """
     boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
     canvas = zoom_out_canvas(config)
-    canvas_boxes, _ = boxes_in_window(boxes, canvas)  # every box stays: the canvas holds the image
+    canvas_boxes, _ = boxes_in_window(boxes, canvas)  # every box stays because the canvas contains the whole image
     patch = sample_patch(canvas_boxes, config)
     new_boxes, keep = boxes_in_window(canvas_boxes, patch)
     new_labels = tf.boolean_mask(labels, keep)

@@ -23,7 +23,7 @@ class Sample:
     """One image and its ground truth.
 
     Args:
-        path: image file, or None when ``image`` holds the pixels.
+        path: image file, or None when ``image`` contains the pixels.
         boxes: float32 (N, 4) normalized corners.
         labels: int32 (N,) 0-based class indices.
         difficult: bool (N,), VOC's flag; difficult boxes are left out of

@@ -24,7 +24,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def find_voc_root(path: str) -> str:
-    """Return the folder that holds ``Annotations/``: ``path`` itself or its only such subfolder."""
+    """Return the folder that contains ``Annotations/``: ``path`` itself or its only such subfolder."""
     if os.path.isdir(os.path.join(path, "Annotations")):
         return path
     if not os.path.isdir(path):

@@ -48,7 +48,7 @@ def extra_feature_maps(x, filters, count, name="extra"):
 
 
 def resnet_backbone(x, width=1.0, num_maps=5):
-    """A small residual network: stem at stride 4, stages at strides 8, 16 and 32.
+    """Build a small residual network: stem at stride 4, stages at strides 8, 16 and 32.
 
     Args:
         x: input tensor (B, H, W, 3), already scaled.

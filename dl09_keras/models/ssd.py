@@ -32,8 +32,8 @@ class SSDConfig:
         backbone: one of ``BACKBONES``. Default "resnet".
         width: channel multiplier of the backbone. Default 1.0.
         num_maps: feature maps with heads, 4 or more. Default 5.
-        neck: "none" (the paper's SSD) or "fpn" (top-down merging of the maps,
-            which helps small objects). Default "none".
+        neck: "none" (the SSD of Liu et al., 2016) or "fpn" (top-down merging of
+            the maps, which helps small objects). Default "none".
         neck_channels: channels of every map after the FPN neck. Default 96.
         box_config: default-box settings.
     """
@@ -80,9 +80,9 @@ def fpn_neck(maps, channels):
     ]
     merged = [laterals[-1]]
     for k in range(len(maps) - 2, -1, -1):
-        # Doubling then cropping matches the "same"-padded stride-2 shapes (ceil(n / 2)) exactly
-        # and exports to ops that ONNX Runtime, OpenCV DNN and LiteRT all run; a Resizing layer
-        # to an odd size fails ONNX shape inference.
+        # Doubling then cropping matches the "same"-padded stride-2 shapes (ceil(n / 2)) exactly.
+        # It exports to ops that ONNX Runtime, OpenCV DNN and LiteRT all run, while a Resizing
+        # layer to an odd size fails ONNX shape inference.
         upsampled = layers.UpSampling2D(2, interpolation="nearest", name=f"fpn_upsample_{k}")(merged[0])
         extra_rows = upsampled.shape[1] - laterals[k].shape[1]
         extra_cols = upsampled.shape[2] - laterals[k].shape[2]
