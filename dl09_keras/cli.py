@@ -58,12 +58,12 @@ def _detect(args):
 
 
 def _anchors(args):
-    from dl09_keras.anchors import DefaultBoxConfig, box_scales, default_boxes, fit_scales, match_coverage
+    import numpy as np
+
+    from dl09_keras.anchors import DefaultBoxConfig, box_scales, default_boxes, match_coverage
     from dl09_keras.data import load_dataset
     from dl09_keras.models import SSDConfig, build_ssd, feature_shapes
     from dl09_keras.training import choose_box_config
-
-    import numpy as np
 
     dataset = load_dataset(args.data, args.split)
     boxes = [s.boxes for s in dataset.samples]
@@ -71,16 +71,14 @@ def _anchors(args):
     quantiles = np.quantile(scales, [0.0, 0.02, 0.25, 0.5, 0.75, 0.98, 1.0])
     print(dataset.describe())
     print("box scale sqrt(h*w) quantiles 0/2/25/50/75/98/100%: " + " ".join(f"{q:.3f}" for q in quantiles))
-    print(f"fitted scales (--scales auto): {fit_scales(boxes)}")
-    config = choose_box_config(args.scales, dataset)
-    model = build_ssd(SSDConfig(dataset.num_classes, args.input_size, num_maps=args.num_maps, box_config=config))
+    model = build_ssd(SSDConfig(dataset.num_classes, args.input_size, num_maps=args.num_maps))
     shapes = feature_shapes(model)
-    anchors = default_boxes(shapes, args.input_size, config)
+    config = choose_box_config(args.scales, dataset, shapes, args.input_size)
     for candidate in (DefaultBoxConfig(), config):
         coverage = match_coverage(boxes, default_boxes(shapes, args.input_size, candidate))
         print(f"scales {candidate.min_scale:.3f}..{candidate.max_scale:.3f}: {100 * coverage:.1f}% of the "
               f"boxes have a default box with IoU >= 0.5")
-    print(f"{len(anchors)} default boxes on feature maps {shapes}")
+    print(f"{len(default_boxes(shapes, args.input_size, config))} default boxes on feature maps {shapes}")
     return 0
 
 

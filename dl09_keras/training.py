@@ -26,6 +26,7 @@ from dl09_keras.anchors import DefaultBoxConfig, default_boxes, fit_scales, matc
 from dl09_keras.data import AugmentConfig, load_dataset, training_pipeline, validation_pipeline
 from dl09_keras.inference import Detector, KerasRuntime, evaluate_detector
 from dl09_keras.losses import SSDLoss
+from dl09_keras.matching import TargetEncoder
 from dl09_keras.models import SSDConfig, build_inference_model, build_ssd, feature_shapes
 from dl09_keras.optimizers import get_optimizer
 from dl09_keras.run import METADATA_VERSION, PREPROCESSING, RunFolder
@@ -100,10 +101,10 @@ def warmup_cosine(peak: float, total_steps: int, warmup_steps: int):
     )
 
 
-def choose_box_config(scales: str, train_dataset) -> DefaultBoxConfig:
+def choose_box_config(scales: str, train_dataset, feature_shapes, input_size) -> DefaultBoxConfig:
     """Return default-box settings from ``--scales`` ('auto' or 'MIN,MAX')."""
     if scales == "auto":
-        low, high = fit_scales([s.boxes for s in train_dataset.samples])
+        low, high = fit_scales([s.boxes for s in train_dataset.samples], feature_shapes, input_size)
         logger.info("Default-box scales fitted to the training boxes: %.3f to %.3f", low, high)
         return DefaultBoxConfig(min_scale=low, max_scale=high)
     try:
@@ -142,7 +143,6 @@ def train(args: argparse.Namespace) -> RunFolder:
     if val_data is not None:
         logger.info("Validation data: %s", val_data.describe())
 
-    box_config = choose_box_config(args.scales, train_data)
     ssd_config = SSDConfig(
         num_classes=train_data.num_classes,
         input_size=args.input_size,
@@ -151,18 +151,17 @@ def train(args: argparse.Namespace) -> RunFolder:
         num_maps=args.num_maps,
         neck=args.neck,
         neck_channels=args.neck_channels,
-        box_config=box_config,
     )
     model = build_ssd(ssd_config)
     shapes = feature_shapes(model)
+    box_config = choose_box_config(args.scales, train_data, shapes, ssd_config.input_size)
+    ssd_config.box_config = box_config
     anchors = default_boxes(shapes, ssd_config.input_size, box_config)
     coverage = match_coverage([s.boxes for s in train_data.samples], anchors)
     logger.info(
         "%d default boxes on feature maps %s; %.1f%% of the training boxes have one with IoU >= 0.5",
         len(anchors), shapes, 100 * coverage,
     )
-
-    from dl09_keras.matching import TargetEncoder
 
     encoder = TargetEncoder(anchors, box_config.variances)
     max_side = args.max_side or 2 * max(ssd_config.input_size)

@@ -37,7 +37,7 @@ for step in $steps; do
   aquarium)
     rm -rf "$OUT/aquarium"
     timed aquarium-train $BIN/python train.py --data "yolo:$AQUARIUM" --train-split train --val-split valid \
-      --input-size 320x416 --width 0.5 --neck fpn --neck-channels 64 --epochs 60 --map-every 10 \
+      --input-size 512x384 --width 0.5 --neck fpn --neck-channels 64 --epochs 60 --map-every 10 \
       --run-dir "$OUT/aquarium" --verbose 2
     timed aquarium-evaluate $BIN/dl09 evaluate "$OUT/aquarium" --data "yolo:$AQUARIUM" --split test
     ;;
@@ -47,9 +47,9 @@ for step in $steps; do
       cp "$BCCD/BCCD/JPEGImages/$name.jpg" "$OUT/bccd-test-images/"
     done
     timed bench-video $BIN/dl09 bench "$OUT/bccd" --source "$SHARED/videos/box.mp4" --frames 300 \
-      --output "$OUT/bench-box.json"
+      --threads 2 --output "$OUT/bench-box.json"
     timed bench-images $BIN/dl09 bench "$OUT/bccd" --source "$OUT/bccd-test-images" --frames 72 \
-      --output "$OUT/bench-bccd-test.json"
+      --threads 2 --output "$OUT/bench-bccd-test.json"
     for runtime in keras onnxruntime opencv tflite; do
       timed "detect-video-$runtime" $BIN/dl09 detect "$OUT/bccd" --source "$SHARED/videos/box.mp4" \
         --runtime "$runtime" --no-show --output "$OUT/detect-box-$runtime.mp4"

@@ -55,11 +55,27 @@ def test_ratio_one_box_is_square_in_pixels_on_non_square_input():
 
 
 def test_fit_scales_follows_box_sizes():
-    small = np.array([[0.0, 0.0, 0.05, 0.05]] * 10)
-    large = np.array([[0.0, 0.0, 0.5, 0.5]] * 10)
-    low, high = fit_scales([small, large])
-    assert low == pytest.approx(0.05, abs=1e-3)
-    assert high == pytest.approx(0.5, abs=1e-3)
+    rng = np.random.default_rng(0)
+    sides = rng.uniform(0.1, 0.5, 200)
+    corners = rng.uniform(0, 0.5, (200, 2))
+    boxes = np.concatenate([corners, corners + sides[:, None]], axis=1)
+    low, high = fit_scales([boxes], [(20, 20), (10, 10), (5, 5), (3, 3)], (160, 160))
+    assert 0.1 <= low <= 0.2
+    assert 0.45 <= high <= 0.5
+
+
+def test_fit_scales_prefers_coverage_over_the_smallest_quantile():
+    # 5% of the boxes are tiny (0.01), the rest 0.2: a 0.01 scale on a 10x10 first map covers
+    # none of them and wastes that map, so a larger scale must win.
+    tiny = np.tile([[0.0, 0.0, 0.01, 0.01]], (5, 1))
+    rng = np.random.default_rng(1)
+    corners = rng.uniform(0, 0.8, (95, 2))
+    normal = np.concatenate([corners, corners + 0.2], axis=1)
+    shapes = [(10, 10), (5, 5), (3, 3), (2, 2)]
+    low, _ = fit_scales([tiny, normal], shapes, (80, 80))
+    assert low > 0.05
+    chosen = default_boxes(shapes, (80, 80), DefaultBoxConfig(min_scale=low, max_scale=0.3))
+    assert match_coverage([normal], chosen) > 0.9
 
 
 def test_coverage_counts_boxes_with_a_good_default_box():

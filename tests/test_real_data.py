@@ -65,7 +65,7 @@ def test_aquarium_trains_and_evaluates(tmp_path):
     require(AQUARIUM)
     run_dir = str(tmp_path / "aquarium")
     run_cli("train", "--data", f"yolo:{AQUARIUM}", "--train-split", "train", "--val-split", "valid",
-            "--input-size", "320x416", "--width", "0.5", "--neck", "fpn", "--neck-channels", "64",
+            "--input-size", "416x320", "--width", "0.5", "--neck", "fpn", "--neck-channels", "64",
             "--epochs", "15", "--run-dir", run_dir, "--verbose", "2", timeout=3600)
     run_cli("evaluate", run_dir, "--data", f"yolo:{AQUARIUM}", "--split", "test")
     result = json.load(open(os.path.join(run_dir, "evaluation.json")))[f"yolo:{AQUARIUM} [test] keras"]
