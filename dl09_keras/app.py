@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 
 import numpy as np
@@ -191,6 +192,13 @@ def run_detection(args) -> int:
         kind = _source_kind(args.source)
     except FileNotFoundError as error:
         logger.error("%s", error)
+        return 2
+    if not args.no_show and sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        # Without a display, Qt aborts the whole process when the window opens.
+        logger.error("No display for the window (DISPLAY is not set): pass --no-show --output FILE "
+                     "to write the annotated frames, or run under a desktop session or Xvfb.")
         return 2
     if args.no_show and not args.output:
         logger.info("No --output given: frames are processed and timed but not saved.")

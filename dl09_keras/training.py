@@ -275,8 +275,11 @@ def train(args: argparse.Namespace) -> RunFolder:
     if val_data is not None:
         detector = Detector(KerasRuntime(inference_model), train_data.class_names, score_threshold=0.01)
         result = evaluate_detector(detector, val_data)
-        result.update(data=args.data, split=args.val_split, runtime="keras")
-        updates["evaluation"] = {args.val_split: result}
+        result.update(data=args.data, split=args.val_split, runtime="keras", images=len(val_data))
+        # Same key and summary as `dl09 evaluate`, which adds its results next to this one.
+        key = f"{args.data} [{args.val_split}] keras"
+        updates["evaluation"] = {key: {"map": result["map"], "ap": result["ap"], "images": len(val_data),
+                                       "when": "end of training"}}
         logger.info("Validation mAP@0.5 on %s: %.4f %s", args.val_split, result["map"], result["ap"])
     run.update_metadata(**updates)
     logger.info("Run folder: %s", run.path)

@@ -30,7 +30,7 @@ def test_run_folder_holds_every_stage(tiny_run):
     assert metadata["preprocessing"]["color_order"] == "RGB"
     assert metadata["anchors"]["num_default_boxes"] > 0
     assert "train" in metadata["command"]
-    assert 0.0 <= metadata["evaluation"]["test"]["map"] <= 1.0
+    assert 0.0 <= metadata["evaluation"]["shapes [test] keras"]["map"] <= 1.0
 
 
 def test_exported_runtimes_match_keras(tiny_run):
@@ -127,3 +127,12 @@ def test_evaluate_saves_map_into_the_run(tiny_run):
     entry = results["shapes [test] onnxruntime"]
     assert set(entry["ap"]) == {"circle", "rectangle", "triangle"}
     assert entry["images"] == 160
+
+
+def test_window_mode_without_a_display_explains_the_fix(tiny_run):
+    env = {key: value for key, value in os.environ.items() if key not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    completed = subprocess.run([sys.executable, "-m", "dl09_keras.cli", "detect", tiny_run, "--source", "0"],
+                               capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert completed.returncode == 2
+    assert "No display for the window" in completed.stderr
+    assert "--no-show --output" in completed.stderr
