@@ -47,7 +47,7 @@ def test_boxes_of_one_cell_follow_scale_and_ratio():
     np.testing.assert_allclose((first_cell[:, :2] + first_cell[:, 2:]) / 2, 0.25, atol=1e-6)
 
 
-def test_ratio_one_box_is_square_in_pixels_on_non_square_input():
+def test_ratio_one_box_square_on_non_square_input():
     boxes = default_boxes([(3, 4)], (300, 400), DefaultBoxConfig(aspect_ratios=(1.0,), extra_box=False))
     height_px = (boxes[0, 2] - boxes[0, 0]) * 300
     width_px = (boxes[0, 3] - boxes[0, 1]) * 400

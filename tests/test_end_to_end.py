@@ -21,7 +21,9 @@ def test_run_folder_holds_every_stage(tiny_run):
     assert os.listdir(os.path.join(tiny_run, "logs"))
     with open(os.path.join(tiny_run, "history.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 1 and float(rows[0]["loss"]) > 0 and "val_loss" in rows[0]
+    assert len(rows) == 1
+    assert float(rows[0]["loss"]) > 0
+    assert "val_loss" in rows[0]
 
     metadata = json.load(open(os.path.join(tiny_run, "metadata.json")))
     assert metadata["status"] == "finished"

@@ -44,7 +44,7 @@ def test_difficult_ground_truth_is_ignored():
     assert result["num_ground_truths"]["a"] == 1
 
 
-def test_class_without_ground_truth_is_nan_and_left_out():
+def test_class_without_ground_truth_is_nan():
     gts = [GroundTruth(np.array([[0, 0, 0.2, 0.2]]), np.array([0]))]
     dets = [det([[0, 0, 0.2, 0.2]], [0.9], [0])]
     result = mean_average_precision(dets, gts, ["a", "b"])

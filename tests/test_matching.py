@@ -43,9 +43,9 @@ def test_threshold_rule_matches_boxes_at_or_above_half():
     assert labels.tolist().count(2) == 1
 
 
-def test_shared_best_box_goes_to_the_later_ground_truth():
+def test_shared_best_box_goes_to_later_gt():
     # Both ground truths have box 0 as their best default box (IoU 0.6 and 0.9), and
-    # neither overlaps another box; the later one keeps box 0 and the earlier one is lost.
+    # neither overlaps another box. The later one keeps box 0, so the earlier one is lost.
     a = [0.0, 0.0, 0.5, 0.15]
     b = [0.0, 0.0, 0.5, 0.225]
     _, labels = match([a, b], [1, 2])

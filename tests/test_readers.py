@@ -90,7 +90,7 @@ def test_yolo_reader_converts_and_counts_defects(tmp_path):
     assert dataset.skipped == {"zero-area box": 1, "malformed label line": 1}
 
 
-def test_yolo_class_out_of_range_is_an_error_with_the_fix(tmp_path):
+def test_yolo_unknown_class_raises_with_fix(tmp_path):
     write_yolo(str(tmp_path), "train", "a", ["5 0.5 0.5 0.2 0.2"])
     with pytest.raises(ValueError, match=r"Invalid class 5 in .*a.txt:1.*Fix the label or the 'names' list"):
         read_yolo(str(tmp_path), "train")
@@ -112,8 +112,10 @@ def test_shapes_are_deterministic_and_splits_differ():
         np.testing.assert_array_equal(x.boxes, y.boxes)
     assert not np.array_equal(a.samples[0].image, c.samples[0].image)
     boxes = np.concatenate([s.boxes for s in generate_shapes("train", num_images=50).samples])
-    assert boxes.min() >= 0 and boxes.max() <= 1
-    assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+    assert boxes.min() >= 0
+    assert boxes.max() <= 1
+    assert np.all(boxes[:, 2] > boxes[:, 0])
+    assert np.all(boxes[:, 3] > boxes[:, 1])
 
 
 def test_bccd_splits_and_its_two_zero_area_boxes():
