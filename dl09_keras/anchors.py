@@ -151,39 +151,43 @@ def fit_scales(
     feature_shapes: Sequence[Sequence[int]],
     image_size: Sequence[int],
     config: DefaultBoxConfig = DefaultBoxConfig(),
-    max_images: int = 300,
+    max_boxes: int = 1500,
 ) -> tuple[float, float]:
     """Choose (min_scale, max_scale) that give most ground-truth boxes a good default box.
 
-    Candidates are quantiles of the ground-truth scales: min_scale from the 2% to
-    the 20% quantile, max_scale from the 95% to the 99.5% quantile. The pair with
-    the highest :func:`match_coverage` on up to ``max_images`` images wins. The
-    smallest quantile is not always best, because default boxes much smaller than
-    the spacing of the first feature map miss most objects between their centers.
-    The scale of a normalized box does not depend on the input size, because
-    images are resized to the input without keeping the aspect ratio.
+    Candidates are quantiles of the ground-truth scales. First min_scale is
+    chosen among the 2% to 20% quantiles (with max_scale at the 98% quantile),
+    then max_scale among the 95% to 99.5% quantiles, each by the highest
+    :func:`match_coverage` on up to ``max_boxes`` boxes. The smallest quantile is
+    not always best, because default boxes much smaller than the spacing of the
+    first feature map miss most objects between their centers. The scale of a
+    normalized box does not depend on the input size, because images are resized
+    to the input without keeping the aspect ratio.
 
     Returns:
         (min_scale, max_scale), each rounded to 3 decimals and kept within [0.02, 0.95].
     """
-    boxes_per_image = [np.asarray(b).reshape(-1, 4) for b in boxes_per_image]
-    scales = np.concatenate([box_scales(b) for b in boxes_per_image if len(b)] or [np.zeros(0)])
-    if scales.size == 0:
+    boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in boxes_per_image]
+    boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+    if len(boxes) == 0:
         raise ValueError("Cannot fit default-box scales: the dataset has no boxes.")
-    step = max(1, len(boxes_per_image) // max_images)
-    subset = boxes_per_image[::step]
+    subset = boxes[:: max(1, len(boxes) // max_boxes)]
+    scales = box_scales(boxes)
 
-    best = None
-    for low in np.quantile(scales, [0.02, 0.05, 0.1, 0.15, 0.2]):
-        for high in np.quantile(scales, [0.95, 0.98, 0.995]):
-            low_value = round(float(np.clip(low, 0.02, 0.95)), 3)
-            high_value = round(float(np.clip(high, low_value, 0.95)), 3)
-            candidate = dataclasses.replace(config, min_scale=low_value, max_scale=high_value)
-            coverage = match_coverage(subset, default_boxes(feature_shapes, image_size, candidate))
-            logger.debug("Scales %.3f..%.3f cover %.3f of the boxes", low_value, high_value, coverage)
-            if best is None or coverage > best[0] + 1e-9:
-                best = (coverage, low_value, high_value)
-    return best[1], best[2]
+    def coverage_of(low, high):
+        low = round(float(np.clip(low, 0.02, 0.95)), 3)
+        high = round(float(np.clip(high, low, 0.95)), 3)
+        candidate = dataclasses.replace(config, min_scale=low, max_scale=high)
+        coverage = match_coverage([subset], default_boxes(feature_shapes, image_size, candidate))
+        logger.debug("Scales %.3f..%.3f cover %.3f of the boxes", low, high, coverage)
+        return coverage, low, high
+
+    high = np.quantile(scales, 0.98)
+    lows = [coverage_of(low, high) for low in np.quantile(scales, [0.02, 0.05, 0.1, 0.15, 0.2])]
+    _, low, _ = max(lows, key=lambda entry: entry[0])  # the first of equals: the smallest scale
+    highs = [coverage_of(low, high) for high in np.quantile(scales, [0.95, 0.98, 0.995])]
+    _, low, high = max(highs, key=lambda entry: entry[0])
+    return low, high
 
 
 def match_coverage(boxes_per_image: Sequence[np.ndarray], anchors: np.ndarray, threshold=0.5) -> float:
@@ -192,12 +196,13 @@ def match_coverage(boxes_per_image: Sequence[np.ndarray], anchors: np.ndarray, t
     Boxes below the threshold still get their best default box when matched,
     but they train one box only, so a low coverage points to badly sized scales.
     """
-    total = 0
+    boxes = [np.asarray(b, np.float32).reshape(-1, 4) for b in boxes_per_image]
+    boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+    if len(boxes) == 0:
+        return float("nan")
     covered = 0
-    for boxes in boxes_per_image:
-        if len(boxes) == 0:
-            continue
-        best = iou_matrix_np(boxes, anchors).max(axis=1)
+    # Chunks bound the memory of the (boxes, anchors) IoU matrix.
+    for start in range(0, len(boxes), 256):
+        best = iou_matrix_np(boxes[start:start + 256], anchors, np.float32).max(axis=1)
         covered += int((best >= threshold).sum())
-        total += len(boxes)
-    return covered / total if total else float("nan")
+    return covered / len(boxes)

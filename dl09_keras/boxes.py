@@ -90,18 +90,23 @@ def decode_boxes(offsets, default_boxes, variances=DEFAULT_VARIANCES):
     return centers_to_corners(tf.concat([center, size], axis=-1))
 
 
-def iou_matrix_np(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """NumPy twin of :func:`iou_matrix`: corner boxes (N, 4) and (M, 4) to IoU (N, M)."""
-    boxes_a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
-    boxes_b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
-    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
-    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
-    extent = np.clip(bottom_right - top_left, 0.0, None)
-    intersection = extent[..., 0] * extent[..., 1]
-    area_a = np.prod(np.clip(boxes_a[:, 2:] - boxes_a[:, :2], 0.0, None), axis=1)
-    area_b = np.prod(np.clip(boxes_b[:, 2:] - boxes_b[:, :2], 0.0, None), axis=1)
+def iou_matrix_np(boxes_a: np.ndarray, boxes_b: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """NumPy twin of :func:`iou_matrix`: corner boxes (N, 4) and (M, 4) to IoU (N, M).
+
+    ``dtype=np.float32`` halves the memory of large matrices (default float64).
+    """
+    boxes_a = np.asarray(boxes_a, dtype=dtype).reshape(-1, 4)
+    boxes_b = np.asarray(boxes_b, dtype=dtype).reshape(-1, 4)
+    height = np.minimum(boxes_a[:, None, 2], boxes_b[None, :, 2]) - np.maximum(boxes_a[:, None, 0], boxes_b[None, :, 0])
+    width = np.minimum(boxes_a[:, None, 3], boxes_b[None, :, 3]) - np.maximum(boxes_a[:, None, 1], boxes_b[None, :, 1])
+    np.clip(height, 0, None, out=height)
+    np.clip(width, 0, None, out=width)
+    intersection = height * width
+    area_a = np.clip(boxes_a[:, 2] - boxes_a[:, 0], 0, None) * np.clip(boxes_a[:, 3] - boxes_a[:, 1], 0, None)
+    area_b = np.clip(boxes_b[:, 2] - boxes_b[:, 0], 0, None) * np.clip(boxes_b[:, 3] - boxes_b[:, 1], 0, None)
     union = area_a[:, None] + area_b[None, :] - intersection
-    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+    # An empty union means two empty boxes: IoU 0, as in the TensorFlow version.
+    return intersection / np.where(union > 0, union, 1)
 
 
 def to_pixels_xyxy(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
