@@ -50,8 +50,11 @@ def add_training_arguments(parser: argparse.ArgumentParser):
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, default=30, help="Default: 30.")
     fit.add_argument("--batch-size", type=int, default=16, help="Default: 16.")
-    fit.add_argument("--optimizer", default="adam", help="optimizer name: sgd, momentum, nesterov, adam, adamw, rmsprop, adagrad, adadelta, "
-                          "or a registered one of dl09_keras.optimizers. Default: adam.")
+    fit.add_argument("--optimizer", default="adam",
+                     help="optimizer name, optionally with options as NAME:KEY=VALUE,...: the Keras built-ins sgd, "
+                          "momentum, nesterov, adam, adamw, rmsprop, adagrad, adadelta, or this package's "
+                          "dl09_momentum, dl09_nesterov, dl09_adagrad, dl09_adadelta, dl09_rmsprop, dl09_adam "
+                          "(e.g. dl09_adam:granularity=neuron). Default: adam.")
     fit.add_argument("--learning-rate", type=float, default=2e-3, help="peak learning rate. Default: 0.002.")
     fit.add_argument("--weight-decay", type=float, default=None, help="decoupled weight decay of the optimizer.")
     fit.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length. Default: 1.")
