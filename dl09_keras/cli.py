@@ -1,4 +1,4 @@
-"""The ``dl09`` command: train, evaluate, export, detect, bench, anchors, augment-preview.
+"""The ``dl09`` command: train, evaluate, export, detect, bench, anchors, augment-preview, optimizers.
 
 Each subcommand imports TensorFlow only when it runs, so ``dl09 --help`` is quick.
 """
@@ -98,6 +98,22 @@ def _bench(args):
     return 0
 
 
+def _optimizers_plot(args):
+    from dl09_keras.optimizers.commands import run_plot
+
+    for path in run_plot(args):
+        print(f"Wrote {path}")
+    return 0
+
+
+def _optimizers_compare(args):
+    from dl09_keras.optimizers.commands import run_compare
+
+    print(run_compare(args))
+    print(f"Wrote comparison.md, comparison.json and losses.png to {args.output}")
+    return 0
+
+
 def _demo(args):
     from dl09_keras.demo import run_demo
 
@@ -159,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(bench)
     bench.set_defaults(handler=_bench)
+
+    optimizers = commands.add_parser("optimizers", help="the optimizers on 2-D test surfaces, or compared on the SSD.")
+    optimizer_commands = optimizers.add_subparsers(dest="optimizers_command", required=True)
+    from dl09_keras.optimizers.commands import add_compare_arguments, add_plot_arguments
+
+    plot = optimizer_commands.add_parser("plot", help="trajectories over contour lines with loss curves (PNG, GIF, MP4).")
+    add_plot_arguments(plot)
+    plot.set_defaults(handler=_optimizers_plot)
+    compare = optimizer_commands.add_parser("compare", help="train the SSD with each optimizer for the same budget.")
+    add_compare_arguments(compare)
+    compare.set_defaults(handler=_optimizers_compare)
 
     demo = commands.add_parser("demo", help="train on shapes, export, detect on a generated video.")
     demo.add_argument("--output", default="demo", help="folder for every output. Default: demo.")
