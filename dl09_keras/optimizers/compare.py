@@ -91,9 +91,10 @@ def compare_optimizers(specs, settings: ComparisonSettings, output: str, learnin
             spec or bare name.
 
     Returns:
-        one row per optimizer: spec, learning rate, loss curve, first and
-        last logged training loss, validation loss (None without a validation
-        split) and training seconds.
+        one row per optimizer: spec, learning rate, loss curve, the loss of
+        the untrained model on the first batch, the first and last logged
+        training loss, validation loss (None without a validation split) and
+        training seconds.
     """
     from dl09_keras.anchors import default_boxes
     from dl09_keras.data import load_dataset, training_pipeline, validation_pipeline
@@ -127,6 +128,10 @@ def compare_optimizers(specs, settings: ComparisonSettings, output: str, learnin
         pipeline = training_pipeline(train_data, encoder, ssd_config.input_size, settings.batch_size,
                                      NO_AUGMENTATION, seed=settings.seed)
 
+        # The same value for every optimizer shows that they start from the same weights and data.
+        images, targets = next(iter(pipeline.take(1)))
+        initial_loss = float(model.test_on_batch(images, targets))
+
         start = time.monotonic()
         history = model.fit(pipeline, epochs=settings.steps // settings.log_every, steps_per_epoch=settings.log_every,
                             verbose=0, shuffle=False)
@@ -144,6 +149,7 @@ def compare_optimizers(specs, settings: ComparisonSettings, output: str, learnin
             "learning_rate": rates[spec],
             "steps": [settings.log_every * (i + 1) for i in range(len(losses))],
             "losses": losses,
+            "initial_loss": initial_loss,
             "first_loss": losses[0],
             "final_loss": losses[-1],
             "val_loss": val_loss,
@@ -166,21 +172,24 @@ def compare_optimizers(specs, settings: ComparisonSettings, output: str, learnin
 
 def comparison_table(rows: list[dict], settings: ComparisonSettings) -> str:
     """Format the rows of :func:`compare_optimizers` as a Markdown table with the shared settings above it."""
+    validation = (f"The validation loss is on split `{settings.val_split}` after the last step."
+                  if settings.val_split else "No validation split was given.")
     lines = [
         "# Optimizer comparison",
         "",
         f"SSD (width {settings.width}, input {settings.input_size[0]}x{settings.input_size[1]}) on "
         f"`{settings.data}` split `{settings.train_split}`: {settings.steps} steps of {settings.batch_size} images "
         f"per optimizer, the same initial weights and batches (seed {settings.seed}), no augmentation, constant "
-        f"learning rates. Training loss is the mean over the first and the last {settings.log_every} steps; the "
-        f"validation loss is on split `{settings.val_split}` after the last step.",
+        f"learning rates. The initial loss is the untrained model's on the first batch. Training loss is the mean "
+        f"over the first and the last {settings.log_every} steps. {validation}",
         "",
-        "| optimizer | learning rate | first training loss | final training loss | validation loss | seconds |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| optimizer | learning rate | initial loss | first training loss | final training loss | validation loss "
+        "| seconds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         val_loss = "-" if row["val_loss"] is None else f"{row['val_loss']:.4f}"
         final = "diverged" if row["diverged"] else f"{row['final_loss']:.4f}"
-        lines.append(f"| `{row['optimizer']}` | {row['learning_rate']:g} | {row['first_loss']:.4f} | {final} | "
-                     f"{val_loss} | {row['seconds']:.1f} |")
+        lines.append(f"| `{row['optimizer']}` | {row['learning_rate']:g} | {row['initial_loss']:.4f} | "
+                     f"{row['first_loss']:.4f} | {final} | {val_loss} | {row['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
