@@ -122,13 +122,16 @@ def compare_optimizers(specs, settings: ComparisonSettings, output: str, learnin
     rows = []
     for spec in specs:
         logger.info("Training with %s at learning rate %g for %d steps", spec, rates[spec], settings.steps)
+        # A fresh Keras session per model frees the previous model and its traced training functions.
+        keras.backend.clear_session()
         keras.utils.set_random_seed(settings.seed)
         model = build_ssd(ssd_config)
         model.compile(optimizer=get_optimizer(spec, rates[spec]), loss=SSDLoss())
         pipeline = training_pipeline(train_data, encoder, ssd_config.input_size, settings.batch_size,
                                      NO_AUGMENTATION, seed=settings.seed)
 
-        # The same value for every optimizer shows that they start from the same weights and data.
+        # The same value for every optimizer shows that they start from the same weights and data. It is computed
+        # in inference mode, because a training-mode call would update the batch normalization statistics.
         images, targets = next(iter(pipeline.take(1)))
         initial_loss = float(model.test_on_batch(images, targets))
 
@@ -180,7 +183,8 @@ def comparison_table(rows: list[dict], settings: ComparisonSettings) -> str:
         f"SSD (width {settings.width}, input {settings.input_size[0]}x{settings.input_size[1]}) on "
         f"`{settings.data}` split `{settings.train_split}`: {settings.steps} steps of {settings.batch_size} images "
         f"per optimizer, the same initial weights and batches (seed {settings.seed}), no augmentation, constant "
-        f"learning rates. The initial loss is the untrained model's on the first batch. Training loss is the mean "
+        f"learning rates. The initial loss is the untrained model's on the first batch, in inference mode. "
+        f"Training loss is the mean "
         f"over the first and the last {settings.log_every} steps. {validation}",
         "",
         "| optimizer | learning rate | initial loss | first training loss | final training loss | validation loss "

@@ -7,7 +7,7 @@ Each surface shows one difficulty of gradient descent:
   minimum is far. Plain and momentum steps zigzag across; adaptive methods
   scale each coordinate's step.
 - plateau: ``1 - exp(-(x**2 + 2 y**2) / 10)``, nearly flat far from the
-  minimum. The gradient there is about 1e-3, so plain steps crawl while
+  minimum. The gradient at the start is about 3e-3, so plain steps crawl while
   methods that divide by the gradient's magnitude keep a useful step size.
 - rosenbrock: Rosenbrock's function ``(1 - x)**2 + 100 (y - x**2)**2``, a curved valley with its
   minimum at (1, 1).
