@@ -193,7 +193,7 @@ def plot_loss_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str
     """Save a PNG of training-loss curves, one line per optimizer.
 
     Args:
-        curves: optimizer label to (steps, mean loss over the steps up to each).
+        curves: optimizer label to (step numbers, the training loss at each of them).
         path: the PNG file to write; its folder is created.
         title: the figure title.
 

@@ -26,7 +26,7 @@ from dl09_keras.optimizers.granularity import accumulator_shape
 
 RTOL = 1e-10
 STEPS = 25
-# Keras keeps the learning rate in a float32 variable, so the rates here are powers of two, which float32 holds exactly.
+# Keras keeps the learning rate in a float32 variable, so the rates here are powers of two, exact in float32.
 LR = 2.0 ** -5
 # A Dense kernel (inputs, units), a Conv2D kernel (kh, kw, in, out), a bias and a scalar.
 SHAPES = [(6, 4), (3, 3, 2, 5), (5,), ()]

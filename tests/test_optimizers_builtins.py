@@ -3,14 +3,14 @@
 Both optimizers start from the same weights and see the same batches. Where a
 built-in differs by design, it is configured to the same equation:
 
-- keras.optimizers.Adagrad starts its accumulator at 0.1, the paper at 0.
+- keras.optimizers.Adagrad starts its accumulator at 0.1, Duchi et al. (2011) at 0.
 - keras.optimizers.Adadelta multiplies the step by a learning rate, 1 in
   Zeiler's method.
 - keras.optimizers.Adam adds epsilon to sqrt(v) before the bias correction of
   v, so its epsilon changes with the step. Both get epsilon = 1e-30, which is
   negligible against sqrt(v_hat) here, so the placement cannot matter.
 - keras.optimizers.SGD and Adam cast the momentum and the betas through
-  float32, so the runs use 0.875 and 1 - 2**-10, which float32 holds exactly.
+  float32, so the runs use 0.875 and 1 - 2**-10, which are exact in float32.
   Keras keeps every learning rate in a float32 variable, for both sides.
 
 Tolerance: every weight agrees to rtol = 1e-6 (atol 1e-12 for weights near 0)

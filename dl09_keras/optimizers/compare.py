@@ -1,7 +1,7 @@
 """Train the same SSD with several optimizers on the same batches and compare their losses.
 
-Every optimizer starts from the same initial weights (one seed) and sees the
-same batches in the same order: augmentation is off and the shuffle is seeded.
+Every optimizer starts from the same initial weights (one seed) and trains on
+the same batches in the same order: augmentation is off and the shuffle is seeded.
 Only the optimizer and its learning rate differ, and each learning rate is
 constant, so the curves compare the update rules alone.
 """
@@ -35,7 +35,7 @@ DEFAULT_COMPARED = ("dl09_momentum", "dl09_nesterov", "dl09_adagrad", "dl09_adad
 
 @dataclasses.dataclass
 class ComparisonSettings:
-    """What every optimizer in a comparison shares.
+    """Settings that every optimizer in a comparison shares: data, budget and model size.
 
     Args:
         data: the dataset spec (``shapes``, ``voc:PATH``, ``yolo:PATH``). Default "shapes".

@@ -94,7 +94,7 @@ def add_accumulators(optimizer: keras.optimizers.Optimizer, variables, name: str
             Default "zeros".
 
     Returns:
-        a list aligned with ``variables``. It holds None for a variable that
+        a list aligned with ``variables``. It contains None for a variable that
         Keras overwrites with its gradient instead of optimizing, as
         ``Optimizer.add_optimizer_variables`` does.
     """

@@ -18,7 +18,7 @@ class Nesterov(keras.optimizers.Optimizer):
         v_{t+1} = momentum * v_t - lr * g(w_t + momentum * v_t)
         w_{t+1} = w_t + v_{t+1}
 
-    An optimizer only sees the gradient at the weights it stores, so this class
+    An optimizer only receives the gradient at the weights it stores, so this class
     stores the look-ahead point ``p_t = w_t + momentum * v_t`` instead of w_t.
     With g taken at p_t the same recurrence reads:
 
