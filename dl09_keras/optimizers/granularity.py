@@ -67,6 +67,18 @@ def accumulator_shape(shape, granularity: str) -> tuple[int, ...]:
     return tuple(1 if axis in reduced else d for axis, d in enumerate(shape))
 
 
+def dense_gradient(gradient, granularity: str):
+    """Return ``gradient`` as a dense tensor per neuron, unchanged per parameter.
+
+    A sparse gradient (the tf.IndexedSlices of an Embedding) lists only some
+    rows, but a neuron's norm sums over all of them, and its accumulator has a
+    single row that the sparse rows cannot index.
+    """
+    if granularity == "neuron":
+        return tf.convert_to_tensor(gradient)
+    return gradient
+
+
 def squared_norm(tensor, granularity: str):
     """Square ``tensor`` (a gradient or an update) for a second-moment accumulator.
 

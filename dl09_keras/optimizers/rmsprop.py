@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from dl09_keras.optimizers.checks import check_decay_rate, check_non_negative
-from dl09_keras.optimizers.granularity import add_accumulators, check_granularity, squared_norm
+from dl09_keras.optimizers.granularity import add_accumulators, check_granularity, dense_gradient, squared_norm
 
 
 @keras.saving.register_keras_serializable(package="dl09")
@@ -50,7 +50,7 @@ class RMSProp(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         lr = ops.cast(learning_rate, variable.dtype)
-        gradient = ops.cast(gradient, variable.dtype)
+        gradient = dense_gradient(ops.cast(gradient, variable.dtype), self.granularity)
         s = self._gradient_averages[self._get_variable_index(variable)]
         rho = self.rho
 
