@@ -74,6 +74,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser):
 
 def run_plot(args) -> list[str]:
     """Compute the trajectories and save one figure (and animation) per surface; return the file paths."""
+    from dl09_keras.optimizers import parse_optimizer_spec
     from dl09_keras.optimizers.surfaces import DEFAULT_OPTIMIZERS, get_surface, run_trajectory
     from dl09_keras.plots import animate_trajectories, plot_trajectories
 
@@ -84,7 +85,7 @@ def run_plot(args) -> list[str]:
         surface = get_surface(name)
         trajectories = []
         for spec in optimizers:
-            rate = overrides.get(spec, overrides.get(spec.split(":")[0].lower()))
+            rate = overrides.get(spec, overrides.get(parse_optimizer_spec(spec)[0].lower()))
             trajectories.append(run_trajectory(surface, spec, args.steps, rate))
 
         base = os.path.join(args.output, f"{args.prefix}{name}")

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dl09_keras.optimizers import get_optimizer
+from dl09_keras.optimizers import get_optimizer, parse_optimizer_spec
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def run_trajectory(surface: Surface, optimizer: str, steps: int, learning_rate: 
     if steps < 1:
         raise ValueError(f"Invalid steps {steps}: expected 1 or more.")
     if learning_rate is None:
-        learning_rate = surface.learning_rates.get(optimizer.split(":")[0].lower(), 0.01)
+        learning_rate = surface.learning_rates.get(parse_optimizer_spec(optimizer)[0].lower(), 0.01)
     keras_optimizer = get_optimizer(optimizer, learning_rate)
     point = keras.Variable(np.asarray(surface.start, np.float64), dtype="float64", name="point")
 
