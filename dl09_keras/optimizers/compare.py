@@ -112,11 +112,12 @@ def compare_optimizers(specs, settings: ComparisonSettings, output: str, learnin
 
     train_data = load_dataset(settings.data, settings.train_split)
     val_data = load_dataset(settings.data, settings.val_split, train_data.class_names) if settings.val_split else None
-    box_config = choose_box_config("auto", train_data)
     ssd_config = SSDConfig(num_classes=train_data.num_classes, input_size=tuple(settings.input_size),
-                           width=settings.width, box_config=box_config)
+                           width=settings.width)
     keras.utils.set_random_seed(settings.seed)
     shapes = feature_shapes(build_ssd(ssd_config))
+    box_config = choose_box_config("auto", train_data, shapes, ssd_config.input_size)
+    ssd_config.box_config = box_config
     encoder = TargetEncoder(default_boxes(shapes, ssd_config.input_size, box_config), box_config.variances)
 
     rows = []
