@@ -1,6 +1,6 @@
 """The ``dl09`` command: train, evaluate, export, detect, bench, anchors, augment-preview, optimizers.
 
-Each subcommand imports TensorFlow only when it runs, so ``dl09 --help`` is quick.
+Each subcommand's implementation module is imported only when that subcommand runs.
 """
 
 from __future__ import annotations

@@ -134,6 +134,10 @@ def _prepare_run_folder(args) -> RunFolder:
 
 def train(args: argparse.Namespace) -> RunFolder:
     """Train an SSD as described by parsed ``train.py`` arguments; return its run folder."""
+    # Check the cheap options first, so a typo fails before the data is read.
+    get_optimizer(args.optimizer, 1e-3)
+    if args.scales != "auto":
+        choose_box_config(args.scales, None, None, None)
     run = _prepare_run_folder(args)
     keras.utils.set_random_seed(args.seed)
 
@@ -177,6 +181,9 @@ def train(args: argparse.Namespace) -> RunFolder:
     )
 
     steps_per_epoch = len(train_data) // args.batch_size
+    if args.learning_rate is None:
+        is_adadelta = args.optimizer.split(":")[0].lower() in ("adadelta", "dl09_adadelta")
+        args.learning_rate = 1.0 if is_adadelta else 2e-3
     schedule = warmup_cosine(
         args.learning_rate, steps_per_epoch * args.epochs, int(args.warmup_epochs * steps_per_epoch)
     )

@@ -55,7 +55,8 @@ def add_training_arguments(parser: argparse.ArgumentParser):
                           "momentum, nesterov, adam, adamw, rmsprop, adagrad, adadelta, or this package's "
                           "dl09_momentum, dl09_nesterov, dl09_adagrad, dl09_adadelta, dl09_rmsprop, dl09_adam "
                           "(e.g. dl09_adam:granularity=neuron). Default: adam.")
-    fit.add_argument("--learning-rate", type=float, default=2e-3, help="peak learning rate. Default: 0.002.")
+    fit.add_argument("--learning-rate", type=float, default=None,
+                     help="peak learning rate. Default: 1.0 for Adadelta (Zeiler's rule has none), else 0.002.")
     fit.add_argument("--weight-decay", type=float, default=None, help="decoupled weight decay of the optimizer.")
     fit.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length. Default: 1.")
     fit.add_argument("--no-zoom-out", action="store_true", help="disable the zoom-out augmentation.")
