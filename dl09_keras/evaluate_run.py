@@ -8,6 +8,7 @@ import os
 import time
 
 from dl09_keras.data import load_dataset
+from dl09_keras.data.sources import absolute_spec
 from dl09_keras.inference import Detector, evaluate_detector, open_runtime
 from dl09_keras.run import RunFolder
 
@@ -33,7 +34,7 @@ def evaluate_run(run_dir: str, data: str | None, split: str, runtime: str = "ker
     """
     run = RunFolder(run_dir)
     metadata = run.read_metadata()
-    data = data or metadata["data"]["source"]
+    data = absolute_spec(data) if data else metadata["data"]["source"]
     dataset = load_dataset(data, split, metadata["class_names"])
     detector = Detector(open_runtime(run.path, runtime, tflite_variant), metadata["class_names"],
                         score_threshold=EVALUATION_SCORE_THRESHOLD)

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from dl09_keras.anchors import DefaultBoxConfig, default_boxes, fit_scales, match_coverage
 from dl09_keras.data import AugmentConfig, load_dataset, training_pipeline, validation_pipeline
+from dl09_keras.data.sources import absolute_spec
 from dl09_keras.inference import Detector, KerasRuntime, evaluate_detector
 from dl09_keras.losses import SSDLoss
 from dl09_keras.matching import TargetEncoder
@@ -62,7 +63,11 @@ class MeanAveragePrecision(keras.callbacks.Callback):
         self.every = every
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None or (epoch + 1) % self.every:
+        if logs is None:
+            return
+        if (epoch + 1) % self.every:
+            # A value in every epoch keeps the column in history.csv, whose header the first epoch sets.
+            logs["val_map"] = float("nan")
             return
         runtime = KerasRuntime(build_inference_model(self.model, self.box_config))
         detector = Detector(runtime, self.dataset.class_names, score_threshold=0.01)
@@ -114,22 +119,27 @@ def choose_box_config(scales: str, train_dataset, feature_shapes, input_size) ->
     return DefaultBoxConfig(min_scale=low, max_scale=high)
 
 
-def _prepare_run_folder(args) -> RunFolder:
+def _check_run_folder(args) -> RunFolder:
+    """Choose the run folder and refuse to replace a finished run; nothing is created yet."""
     if args.run_dir is None:
         name = args.data.split(":")[0] + time.strftime("-%Y%m%d-%H%M%S")
         args.run_dir = os.path.join("runs", name)
     run = RunFolder(args.run_dir)
-    if os.path.isfile(run.model_path):
-        if not args.overwrite:
-            raise FileExistsError(
-                f"{run.path} already contains a finished run (model.keras): choose another --run-dir "
-                "or pass --overwrite."
-            )
+    if os.path.isfile(run.model_path) and not args.overwrite:
+        raise FileExistsError(
+            f"{run.path} already contains a finished run (model.keras): choose another --run-dir "
+            "or pass --overwrite."
+        )
+    return run
+
+
+def _create_run_folder(run: RunFolder, overwrite: bool):
+    """Create the run folder once the data and the model are ready; clear it for --overwrite."""
+    if overwrite and os.path.isfile(run.model_path):
         shutil.rmtree(run.path)
     if os.path.isdir(run.file("backup")):
         logger.info("Resuming the unfinished run in %s", run.path)
-    os.makedirs(run.path, exist_ok=True)
-    return run
+    os.makedirs(run.file("checkpoints"), exist_ok=True)
 
 
 def train(args: argparse.Namespace) -> RunFolder:
@@ -138,7 +148,11 @@ def train(args: argparse.Namespace) -> RunFolder:
     get_optimizer(args.optimizer, 1e-3)
     if args.scales != "auto":
         choose_box_config(args.scales, None, None, None)
-    run = _prepare_run_folder(args)
+    if args.stop_at_map is not None and not (args.val_split and args.map_every):
+        raise ValueError("--stop-at-map needs --val-split and --map-every N to compute the validation mAP.")
+    # The run folder records an absolute path, so export and evaluate work from any directory.
+    args.data = absolute_spec(args.data)
+    run = _check_run_folder(args)
     keras.utils.set_random_seed(args.seed)
 
     train_data = load_dataset(args.data, args.train_split)
@@ -229,12 +243,12 @@ def train(args: argparse.Namespace) -> RunFolder:
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
     }
+    _create_run_folder(run, args.overwrite)
     if run.exists():
         metadata["training"]["resumed_from"] = run.read_metadata().get("training", {}).get("started")
     metadata["training"]["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     run.write_metadata(metadata)
 
-    os.makedirs(run.file("checkpoints"), exist_ok=True)
     time_limit = TimeLimit(args.time_limit) if args.time_limit else None
     callbacks = [
         keras.callbacks.BackupAndRestore(run.file("backup")),
@@ -245,8 +259,6 @@ def train(args: argparse.Namespace) -> RunFolder:
     if val_data is not None and args.map_every:
         callbacks.append(MeanAveragePrecision(val_data, box_config, args.map_every))
     if args.stop_at_map is not None:
-        if val_data is None or not args.map_every:
-            raise ValueError("--stop-at-map needs --val-split and --map-every N to compute the validation mAP.")
         callbacks.append(StopAtMeanAveragePrecision(args.stop_at_map))
     if time_limit:
         callbacks.append(time_limit)
@@ -256,6 +268,7 @@ def train(args: argparse.Namespace) -> RunFolder:
     history = model.fit(
         train_pipe,
         validation_data=val_pipe,
+        validation_steps=math.ceil(len(val_data) / args.batch_size) if val_data is not None else None,
         epochs=args.epochs,
         steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,

@@ -47,7 +47,8 @@ def main(argv=None) -> int:
             for name, entry in report["runtimes"].items():
                 print(f"{name:<14} max |diff| scores {entry['max_abs_diff_scores']:.2e} "
                       f"boxes {entry['max_abs_diff_boxes']:.2e}  same detections: "
-                      f"{entry['images_with_same_detections']}/{len(report['image_names'])}")
+                      f"{entry['images_with_same_detections']}/{len(report['image_names'])} images, "
+                      f"{entry['keras_detections_matched']} Keras detections matched")
     except (FileNotFoundError, ValueError) as error:
         logger.error("%s", error)
         return 2

@@ -37,7 +37,7 @@ for step in $steps; do
   aquarium)
     rm -rf "$OUT/aquarium"
     timed aquarium-train $BIN/python train.py --data "yolo:$AQUARIUM" --train-split train --val-split valid \
-      --input-size 512x384 --width 0.5 --neck fpn --neck-channels 64 --epochs 60 --map-every 10 \
+      --input-size 512x384 --width 0.5 --neck fpn --neck-channels 64 --epochs 100 --map-every 10 --no-zoom-out \
       --run-dir "$OUT/aquarium" --verbose 2
     timed aquarium-evaluate $BIN/dl09 evaluate "$OUT/aquarium" --data "yolo:$AQUARIUM" --split test
     ;;

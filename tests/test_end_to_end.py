@@ -24,6 +24,7 @@ def test_run_folder_holds_every_stage(tiny_run):
     assert len(rows) == 1
     assert float(rows[0]["loss"]) > 0
     assert "val_loss" in rows[0]
+    assert "val_map" not in rows[0]  # no --map-every: no mAP column
 
     metadata = json.load(open(os.path.join(tiny_run, "metadata.json")))
     assert metadata["status"] == "finished"

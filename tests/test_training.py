@@ -67,6 +67,7 @@ def test_finished_run_is_not_overwritten_by_accident(tmp_path):
     (["--data", "voc:/no/such/folder"], "VOC dataset folder not found: /no/such/folder"),
     (["--optimizer", "adamx"], "Unknown optimizer 'adamx'"),
     (["--scales", "0.5"], "Invalid --scales '0.5'"),
+    (["--stop-at-map", "0.5"], "--stop-at-map needs --val-split"),
 ])
 def test_bad_options_get_clear_errors(tmp_path, args, message):
     options = [*TINY, "--epochs", "1", "--run-dir", str(tmp_path / "run")]
@@ -80,6 +81,7 @@ def test_bad_options_get_clear_errors(tmp_path, args, message):
     assert completed.returncode == 2
     assert message in completed.stderr
     assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "run").exists()  # a failed start leaves no run folder behind
 
 
 def test_augment_preview_draws_samples(tmp_path):

@@ -123,7 +123,11 @@ def validation_pipeline(
     batch_size: int,
     max_side: Optional[int] = None,
 ) -> tf.data.Dataset:
-    """Build the pipeline for the validation loss: resize only, no augmentation."""
+    """Build the endless pipeline for the validation loss: resize only, no augmentation.
+
+    Pass ``validation_steps=ceil(len(dataset) / batch_size)`` to ``model.fit``; the
+    last batch of a pass may be partial.
+    """
     input_size = tuple(int(v) for v in input_size)
 
     def prepare(sample):
@@ -131,7 +135,7 @@ def validation_pipeline(
         return image, encoder(sample["boxes"], sample["labels"])
 
     ds = sample_dataset(dataset, max_side).map(prepare, num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+    return ds.batch(batch_size).repeat().prefetch(AUTOTUNE)
 
 
 __all__ = [

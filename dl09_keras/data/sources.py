@@ -24,6 +24,12 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return kind, os.path.expanduser(path)
 
 
+def absolute_spec(spec: str) -> str:
+    """Return ``spec`` with an absolute path, e.g. ``voc:../data`` to ``voc:/home/me/data``."""
+    kind, path = parse_spec(spec)
+    return kind if kind == "shapes" else f"{kind}:{os.path.abspath(path)}"
+
+
 def load_dataset(spec: str, split: str, class_names: Optional[Sequence[str]] = None) -> DetectionDataset:
     """Read ``split`` of the dataset named by ``spec``.
 
