@@ -75,11 +75,13 @@ def draw_detections(frame, detections, class_names, colors=None):
 
 
 def draw_fps(frame, fps: float, model_ms: float):
+    """Write the frame rate and the model time in white on a black band at the top left."""
     import cv2
 
-    text = f"{fps:5.1f} frames/s  model {model_ms:5.1f} ms"
-    cv2.putText(frame, text, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(frame, text, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+    text = f"{fps:.1f} frames/s, model {model_ms:.1f} ms"
+    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    cv2.rectangle(frame, (0, 0), (width + 12, height + baseline + 10), (0, 0, 0), -1)
+    cv2.putText(frame, text, (6, height + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return frame
 
 

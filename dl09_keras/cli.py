@@ -35,6 +35,7 @@ def _evaluate(args):
     from dl09_keras.evaluate_run import evaluate_run
 
     result = evaluate_run(args.run_dir, args.data, args.split, args.runtime, args.tflite_variant)
+    print(f"{result['data']} [{result['split']}], {result['images']} images, runtime {result['runtime']}")
     print(f"mAP@0.5 = {result['map']:.4f}")
     for name, ap in result["ap"].items():
         print(f"  {name:<16} AP@0.5 = {ap:.4f}  ({result['num_ground_truths'][name]} ground truths)")
@@ -74,9 +75,9 @@ def _anchors(args):
     model = build_ssd(SSDConfig(dataset.num_classes, args.input_size, num_maps=args.num_maps))
     shapes = feature_shapes(model)
     config = choose_box_config(args.scales, dataset, shapes, args.input_size)
-    for candidate in (DefaultBoxConfig(), config):
+    for label, candidate in (("SSD paper's scales", DefaultBoxConfig()), (f"--scales {args.scales}", config)):
         coverage = match_coverage(boxes, default_boxes(shapes, args.input_size, candidate))
-        print(f"scales {candidate.min_scale:.3f}..{candidate.max_scale:.3f}: {100 * coverage:.1f}% of the "
+        print(f"{label} {candidate.min_scale:.3f}..{candidate.max_scale:.3f}: {100 * coverage:.1f}% of the "
               f"boxes have a default box with IoU >= 0.5")
     print(f"{len(default_boxes(shapes, args.input_size, config))} default boxes on feature maps {shapes}")
     return 0
@@ -94,7 +95,17 @@ def _bench(args):
     from dl09_keras.bench import run_benchmark
 
     result = run_benchmark(args)
-    print(json.dumps(result, indent=2))
+    if args.output == os.devnull:  # a child process of `--runtime all` reports to its parent
+        print(json.dumps(result))
+        return 0
+    print(f"{'runtime':<14} {'model ms (median)':>18} {'model ms (p90)':>15} {'end-to-end frames/s':>20}")
+    for row in result["results"]:
+        if "error" in row:
+            print(f"{row['runtime']:<14} failed: {row['error']}")
+            continue
+        print(f"{row['runtime']:<14} {row['model_ms_median']:>18.2f} {row['model_ms_p90']:>15.2f} "
+              f"{row['end_to_end_frames_per_second']:>20.1f}")
+    print(f"Saved in {args.output or os.path.join(args.run_dir, 'bench.json')}")
     return 0
 
 
@@ -154,20 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
     detect.set_defaults(handler=_detect)
 
     anchors = commands.add_parser("anchors", help="box-size statistics and default-box coverage of a dataset.")
-    anchors.add_argument("--data", required=True)
-    anchors.add_argument("--split", default="train")
-    anchors.add_argument("--input-size", type=parse_input_size, default=(320, 320))
-    anchors.add_argument("--num-maps", type=int, default=5)
-    anchors.add_argument("--scales", default="auto")
+    anchors.add_argument("--data", required=True, help="dataset spec: voc:PATH, yolo:PATH or shapes.")
+    anchors.add_argument("--split", default="train", help="split whose boxes are measured. Default: train.")
+    anchors.add_argument("--input-size", type=parse_input_size, default=(320, 320),
+                         help="network input, SIDE or HEIGHTxWIDTH, as for train.py. Default: 320.")
+    anchors.add_argument("--num-maps", type=int, default=5, help="feature maps with heads. Default: 5.")
+    anchors.add_argument("--scales", default="auto", help="'auto' or MIN,MAX, as for train.py. Default: auto.")
     anchors.set_defaults(handler=_anchors)
 
     preview = commands.add_parser("augment-preview", help="save augmented training samples with their boxes drawn.")
-    preview.add_argument("--data", default="shapes")
-    preview.add_argument("--split", default="train")
-    preview.add_argument("--output", default="augmented")
-    preview.add_argument("--count", type=int, default=16)
-    preview.add_argument("--input-size", type=parse_input_size, default=(320, 320))
-    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--data", default="shapes", help="dataset spec: voc:PATH, yolo:PATH or shapes. Default: shapes.")
+    preview.add_argument("--split", default="train", help="Default: train.")
+    preview.add_argument("--output", default="augmented", help="folder for the PNG files. Default: augmented.")
+    preview.add_argument("--count", type=int, default=16, help="samples to save. Default: 16.")
+    preview.add_argument("--input-size", type=parse_input_size, default=(320, 320),
+                         help="network input, SIDE or HEIGHTxWIDTH. Default: 320.")
+    preview.add_argument("--seed", type=int, default=0, help="seed of the sample choice and augmentation. Default: 0.")
     preview.set_defaults(handler=_augment_preview)
 
     bench = commands.add_parser("bench", help="time a run's runtimes (model only and end to end).")

@@ -44,8 +44,9 @@ def add_training_arguments(parser: argparse.ArgumentParser):
                        help="'fpn' merges coarse maps into fine ones (helps small objects). Default: none.")
     model.add_argument("--neck-channels", type=int, default=96, help="channels of the FPN neck. Default: 96.")
     model.add_argument("--scales", default="auto",
-                       help="default-box scales MIN,MAX as fractions of the input side, or 'auto' to fit "
-                            "them to the 2%% and 98%% quantiles of the training boxes. Default: auto.")
+                       help="default-box scales MIN,MAX as fractions of the input side, or 'auto' to choose "
+                            "them among quantiles of the training box sizes (2-20%% for MIN, 95-99.5%% for MAX) "
+                            "by the share of boxes that get a default box with IoU >= 0.5. Default: auto.")
 
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, default=30, help="Default: 30.")

@@ -126,6 +126,7 @@ def test_missing_source_names_the_path(tiny_run):
 def test_evaluate_saves_map_into_the_run(tiny_run):
     completed = run_cli("evaluate", tiny_run, "--data", "shapes", "--split", "test", "--runtime", "onnxruntime")
     assert "mAP@0.5 =" in completed.stdout
+    assert "shapes [test], 160 images, runtime onnxruntime" in completed.stdout
     results = json.load(open(os.path.join(tiny_run, "evaluation.json")))
     entry = results["shapes [test] onnxruntime"]
     assert set(entry["ap"]) == {"circle", "rectangle", "triangle"}
@@ -139,3 +140,16 @@ def test_window_mode_without_a_display_explains_the_fix(tiny_run):
     assert completed.returncode == 2
     assert "No display for the window" in completed.stderr
     assert "--no-show --output" in completed.stderr
+
+
+def test_bench_times_a_runtime(tiny_run, tmp_path):
+    video = str(tmp_path / "in.mp4")
+    write_video(video, frames=5)
+    output = tmp_path / "bench.json"
+    completed = run_cli("bench", tiny_run, "--runtime", "onnxruntime", "--source", video, "--frames", "5",
+                        "--repeats", "5", "--output", str(output))
+    assert "onnxruntime" in completed.stdout
+    result = json.load(open(output))["results"][0]
+    assert result["runtime"] == "onnxruntime"
+    assert result["frames"] == 5
+    assert result["model_ms_median"] > 0

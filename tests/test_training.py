@@ -90,3 +90,11 @@ def test_augment_preview_draws_samples(tmp_path):
                         "--input-size", "128")
     assert "Wrote 4 images" in completed.stdout
     assert sorted(os.listdir(output)) == [f"augmented_{i:03d}.png" for i in range(4)]
+
+
+def test_history_keeps_the_map_column(tmp_path):
+    run_dir = str(tmp_path / "run")
+    run_cli("train", *TINY, "--val-split", "test", "--epochs", "2", "--map-every", "2", "--run-dir", run_dir)
+    rows = read_history(run_dir)
+    assert [row["val_map"] for row in rows][0] == "nan"  # not computed in epoch 1
+    assert 0.0 <= float(rows[1]["val_map"]) <= 1.0

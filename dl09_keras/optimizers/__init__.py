@@ -76,8 +76,11 @@ def get_optimizer(name: str, learning_rate, **options) -> keras.optimizers.Optim
         raise ValueError(f"Unknown optimizer {key!r}: choose one of {', '.join(sorted(OPTIMIZERS))}.")
     try:
         return OPTIMIZERS[key](learning_rate, **(spec_options | options))
-    except TypeError as error:
-        raise ValueError(f"Invalid options for optimizer {key!r}: {error}.") from None
+    except (TypeError, ValueError) as error:
+        hint = ""
+        if not key.startswith("dl09_") and f"dl09_{key}" in OPTIMIZERS:
+            hint = f" The project's own dl09_{key} takes options such as granularity and l2_decay."
+        raise ValueError(f"Invalid options for optimizer {key!r}: {error}.{hint}") from None
 
 
 def _parse_value(text: str):
