@@ -1,7 +1,7 @@
 """Parity of the exported models with Keras on real images.
 
 For each runtime the report gives the largest absolute difference from the
-Keras model in scores and in box coordinates over the images. It also tells
+Keras model in scores and in box coordinates over the images. It also reports
 whether the detections after the shared NMS are the same: equal counts, and
 each Keras detection overlapped by one of the same label with IoU >= 0.95.
 """
@@ -28,16 +28,16 @@ def _match_detections(reference, candidate, min_iou):
 
     Each candidate detection matches at most one reference detection, greedily by reference score.
     """
-    taken = np.zeros(len(candidate), bool)
+    used = np.zeros(len(candidate), bool)
     matched = 0
     for box, label in zip(reference.boxes, reference.labels):
-        options = np.nonzero((candidate.labels == label) & ~taken)[0]
+        options = np.nonzero((candidate.labels == label) & ~used)[0]
         if options.size == 0:
             continue
         overlaps = iou_matrix_np(box[None], candidate.boxes[options])[0]
         best = int(np.argmax(overlaps))
         if overlaps[best] >= min_iou:
-            taken[options[best]] = True
+            used[options[best]] = True
             matched += 1
     return matched
 
@@ -68,8 +68,8 @@ def parity_report(run: RunFolder, runtimes, count: int = 10, score_threshold: fl
     """Compare each runtime with Keras on ``count`` images and write ``parity.json``.
 
     Box differences are taken after clipping to [0, 1], as the post-processing
-    clips: outside the image an untrained model's boxes can be huge and differ
-    by large amounts that change no detection.
+    clips. Outside the image an untrained model's boxes can be huge, and their
+    large differences change no detection.
 
     Args:
         runtimes: (name, tflite_variant) pairs, e.g. [("onnxruntime", None), ("tflite", "int8")].

@@ -52,7 +52,14 @@ def screenshot_and_quit(run_dir, image_path, shot_path, display, extra=()):
     )
     try:
         window = wait_for_window(env, "dl09 detect")
-        time.sleep(2.0)  # let the first frame paint
+        # The window exists before its first frame is painted: grab until the screen shows more than one color.
+        deadline = time.monotonic() + 60
+        while True:
+            time.sleep(1.0)
+            shot = ImageGrab.grab(xdisplay=display)
+            if len(shot.getcolors(maxcolors=1 << 16) or range(2)) > 1 or time.monotonic() > deadline:
+                break
+        time.sleep(1.0)
         ImageGrab.grab(xdisplay=display).save(shot_path)
         subprocess.run(["xdotool", "windowactivate", "--sync", window], env=env, check=False, timeout=10)
         subprocess.run(["xdotool", "key", "--window", window, "q"], env=env, check=True, timeout=10)
