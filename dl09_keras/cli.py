@@ -125,6 +125,14 @@ def _optimizers_compare(args):
     return 0
 
 
+def _optimizers_step_time(args):
+    from dl09_keras.optimizers.commands import run_step_time
+
+    print(run_step_time(args))
+    print(f"Wrote step_time.md and step_time.json to {args.output}")
+    return 0
+
+
 def _demo(args):
     from dl09_keras.demo import run_demo
 
@@ -189,9 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench)
     bench.set_defaults(handler=_bench)
 
-    optimizers = commands.add_parser("optimizers", help="the optimizers on 2-D test surfaces, or compared on the SSD.")
+    optimizers = commands.add_parser("optimizers", help="the optimizers on 2-D test surfaces, compared on the SSD, or timed.")
     optimizer_commands = optimizers.add_subparsers(dest="optimizers_command", required=True)
-    from dl09_keras.optimizers.commands import add_compare_arguments, add_plot_arguments
+    from dl09_keras.optimizers.commands import add_compare_arguments, add_plot_arguments, add_step_time_arguments
 
     plot = optimizer_commands.add_parser("plot", help="trajectories over contour lines with loss curves (PNG, GIF, MP4).")
     add_plot_arguments(plot)
@@ -199,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare = optimizer_commands.add_parser("compare", help="train the SSD with each optimizer for the same budget.")
     add_compare_arguments(compare)
     compare.set_defaults(handler=_optimizers_compare)
+    step_time = optimizer_commands.add_parser("step-time",
+                                              help="time each optimizer's training step against its Keras built-in.")
+    add_step_time_arguments(step_time)
+    step_time.set_defaults(handler=_optimizers_step_time)
 
     demo = commands.add_parser("demo", help="train on shapes, export, detect on a generated video.")
     demo.add_argument("--output", default="demo", help="folder for every output. Default: demo.")

@@ -170,3 +170,31 @@ def test_train_accepts_project_optimizer(tmp_path):
     assert metadata["training"]["optimizer_config"]["granularity"] == "neuron"
     assert np.isfinite(metadata["training"]["final_loss"])
     assert os.path.isfile(run_dir / "model.keras")
+
+
+def test_step_time_times_each_optimizer_against_its_builtin(tmp_path, capsys):
+    output = tmp_path / "step-time"
+    assert main(["optimizers", "step-time", "--methods", "momentum", "adagrad", "--input-size", "64",
+                 "--width", "0.25", "--batch-size", "2", "--rounds", "2", "--steps", "1", "--update-steps", "2",
+                 "--output", str(output)]) == 0
+    rows = json.load(open(output / "step_time.json"))["results"]
+    assert [(r["method"], r["variant"]) for r in rows] == [
+        ("momentum", "keras"), ("momentum", "parameter"),
+        ("adagrad", "keras"), ("adagrad", "parameter"), ("adagrad", "neuron"),
+    ]
+    for row in rows:
+        assert 0 < row["update_ms"] < row["step_ms"], row
+        if row["variant"] == "keras":
+            assert row["step_ratio"] == row["update_ratio"] == 1.0
+    table = capsys.readouterr().out
+    assert "| adagrad | dl09, per neuron |" in table
+    assert (output / "step_time.md").read_text() in table
+
+
+def test_step_time_rejects_unknown_method():
+    from dl09_keras.optimizers.step_time import StepTimeSettings, measure_step_times
+
+    with pytest.raises(ValueError, match="'lion'.*choose from momentum"):
+        measure_step_times(["lion"], StepTimeSettings())
+    with pytest.raises(ValueError, match="rounds 0"):
+        StepTimeSettings(rounds=0)

@@ -65,12 +65,13 @@ class Adadelta(keras.optimizers.Optimizer):
         u = self._update_averages[index]
         rho = self.rho
 
-        self.assign(s, ops.add(ops.multiply(rho, s), ops.multiply(1 - rho, squared_norm(gradient, self.granularity))))
+        # s += (1 - rho) (g**2 - s) is rho s + (1 - rho) g**2 with one full-size operation fewer.
+        self.assign_add(s, ops.multiply(ops.subtract(squared_norm(gradient, self.granularity), s), 1 - rho))
 
         dw = ops.negative(
             ops.divide(ops.multiply(ops.sqrt(ops.add(u, self.epsilon)), gradient), ops.sqrt(ops.add(s, self.epsilon)))
         )
-        self.assign(u, ops.add(ops.multiply(rho, u), ops.multiply(1 - rho, squared_norm(dw, self.granularity))))
+        self.assign_add(u, ops.multiply(ops.subtract(squared_norm(dw, self.granularity), u), 1 - rho))
 
         self.assign_add(variable, ops.multiply(lr, dw))
 

@@ -78,24 +78,27 @@ class Adam(keras.optimizers.Optimizer):
         m = self._momentums[index]
         v = self._velocities[index]
 
-        self.assign(m, ops.add(ops.multiply(self.beta_1, m), ops.multiply(1 - self.beta_1, gradient)))
-        self.assign(v, ops.add(ops.multiply(self.beta_2, v),
-                               ops.multiply(1 - self.beta_2, squared_norm(gradient, self.granularity))))
+        # m += (1 - beta_1) (g - m) is beta_1 m + (1 - beta_1) g with one full-size operation fewer; v likewise.
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(squared_norm(gradient, self.granularity), v), 1 - self.beta_2))
 
-        m_hat, v_hat = m, v
+        # The bias corrections are scalars, so they scale the step and the root instead of dividing m and v:
+        # m_hat = m / c_1 and sqrt(v_hat) = sqrt(v) / sqrt(c_2), with c_i = 1 - beta_i ** t.
+        step_size = lr
+        v_scale = ops.convert_to_tensor(1.0, dtype=variable.dtype)
         if self.bias_correction:
             t = ops.cast(self.iterations + 1, variable.dtype)
             # convert_to_tensor keeps a float64 beta exact, where ops.cast would round it through float32.
             beta_1 = ops.convert_to_tensor(self.beta_1, dtype=variable.dtype)
             beta_2 = ops.convert_to_tensor(self.beta_2, dtype=variable.dtype)
-            m_hat = ops.divide(m, 1 - ops.power(beta_1, t))
-            v_hat = ops.divide(v, 1 - ops.power(beta_2, t))
+            step_size = ops.divide(lr, 1 - ops.power(beta_1, t))
+            v_scale = ops.divide(1.0, 1 - ops.power(beta_2, t))
 
         if self.epsilon_inside_sqrt:
-            denominator = ops.sqrt(ops.add(v_hat, self.epsilon))
+            denominator = ops.sqrt(ops.add(ops.multiply(v, v_scale), self.epsilon))
         else:
-            denominator = ops.add(ops.sqrt(v_hat), self.epsilon)
-        self.assign_sub(variable, ops.divide(ops.multiply(lr, m_hat), denominator))
+            denominator = ops.add(ops.multiply(ops.sqrt(v), ops.sqrt(v_scale)), self.epsilon)
+        self.assign_sub(variable, ops.divide(ops.multiply(m, step_size), denominator))
 
     def get_config(self):
         config = super().get_config()

@@ -1,4 +1,4 @@
-"""``dl09 optimizers plot`` and ``dl09 optimizers compare``: options and handlers."""
+"""``dl09 optimizers plot``, ``compare`` and ``step-time``: options and handlers."""
 
 from __future__ import annotations
 
@@ -70,6 +70,36 @@ def add_compare_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--output", default="optimizer-comparison",
                         help="folder for comparison.md, comparison.json and losses.png. "
                              "Default: optimizer-comparison.")
+
+
+def add_step_time_arguments(parser: argparse.ArgumentParser):
+    """Declare the options of ``dl09 optimizers step-time``."""
+    from dl09_keras.optimizers.step_time import METHODS
+    from dl09_keras.training_args import parse_input_size
+
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="methods to time against their Keras built-in. Default: all six.")
+    parser.add_argument("--input-size", type=parse_input_size, default=(288, 384),
+                        help="SSD input, SIDE or HEIGHTxWIDTH in pixels. Default: 288x384.")
+    parser.add_argument("--width", type=float, default=0.5, help="backbone channel multiplier. Default: 0.5.")
+    parser.add_argument("--batch-size", type=int, default=16, help="Default: 16.")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of turns; the median is kept. Default: 5.")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per optimizer and round. Default: 5.")
+    parser.add_argument("--update-steps", type=int, default=50,
+                        help="timed updates alone per optimizer and round. Default: 50.")
+    parser.add_argument("--output", default="optimizer-step-time",
+                        help="folder for step_time.md and step_time.json. Default: optimizer-step-time.")
+
+
+def run_step_time(args) -> str:
+    """Time each method against its Keras built-in and return the Markdown table."""
+    from dl09_keras.optimizers.step_time import StepTimeSettings, measure_step_times
+
+    settings = StepTimeSettings(input_size=tuple(args.input_size), width=args.width, batch_size=args.batch_size,
+                                rounds=args.rounds, steps=args.steps, update_steps=args.update_steps)
+    measure_step_times(args.methods, settings, args.output)
+    with open(os.path.join(args.output, "step_time.md")) as f:
+        return f.read()
 
 
 def run_plot(args) -> list[str]:

@@ -54,7 +54,8 @@ class RMSProp(keras.optimizers.Optimizer):
         s = self._gradient_averages[self._get_variable_index(variable)]
         rho = self.rho
 
-        self.assign(s, ops.add(ops.multiply(rho, s), ops.multiply(1 - rho, squared_norm(gradient, self.granularity))))
+        # s += (1 - rho) (g**2 - s) is rho s + (1 - rho) g**2 with one full-size operation fewer.
+        self.assign_add(s, ops.multiply(ops.subtract(squared_norm(gradient, self.granularity), s), 1 - rho))
 
         step = ops.divide(ops.multiply(lr, gradient), ops.sqrt(ops.add(s, self.epsilon)))
         self.assign_sub(variable, step)
