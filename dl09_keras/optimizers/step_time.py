@@ -25,8 +25,8 @@ import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
-# Each method of the lecture: the project's optimizer and the Keras built-in configured to the same
-# equation (Keras' Adagrad starts its accumulator at 0.1 and RMSprop can add momentum; both are set off).
+# Each method of the lecture: the project's optimizer and the Keras built-in configured to the same equation.
+# Keras' Adagrad starts its accumulator at 0.1 and its RMSprop can add momentum, so both are switched off here.
 METHODS = {
     "momentum": ("dl09_momentum", lambda lr: keras.optimizers.SGD(lr, momentum=0.9), False),
     "nesterov": ("dl09_nesterov", lambda lr: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True), False),
@@ -68,7 +68,7 @@ class StepTimeSettings:
 
 
 def _variants(method: str):
-    """(label, factory) pairs for one method: the built-in first, then the project's per parameter and per neuron."""
+    """Return the (label, factory) pairs for one method: the built-in first, then the project's per parameter and per neuron."""
     from dl09_keras.optimizers import get_optimizer
 
     name, builtin, has_granularity = METHODS[method]
@@ -80,7 +80,7 @@ def _variants(method: str):
 
 
 def _fixed_batch(settings: StepTimeSettings):
-    """One batch of shapes images with encoded targets, and the SSD configuration that matches it."""
+    """Return the SSD configuration and one batch of shapes images with their encoded targets."""
     from dl09_keras.anchors import default_boxes
     from dl09_keras.data import load_dataset, training_pipeline
     from dl09_keras.data.augment import NO_AUGMENTATION
@@ -100,7 +100,7 @@ def _fixed_batch(settings: StepTimeSettings):
 
 
 def _timed_calls(function, calls: int) -> float:
-    """Seconds per call of ``function`` over ``calls`` calls; each result is fetched to the host."""
+    """Return the seconds per call of ``function`` over ``calls`` calls, the last result fetched to the host."""
     start = time.perf_counter()
     for _ in range(calls):
         result = function()
