@@ -68,7 +68,7 @@ class StepTimeSettings:
 
 
 def _variants(method: str):
-    """Return the (label, factory) pairs for one method: the built-in first, then the project's per parameter and per neuron."""
+    """Return the (label, factory) pairs of one method: the built-in, then the project's per parameter and per neuron."""
     from dl09_keras.optimizers import get_optimizer
 
     name, builtin, has_granularity = METHODS[method]
