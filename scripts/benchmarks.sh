@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the figures of docs/benchmarks.md: train on BCCD and Aquarium, evaluate on their
-# test splits, export, check parity, evaluate the int8 model and time every runtime.
-# Usage: SHARED=../shared scripts/benchmarks.sh [bccd|aquarium|runtimes ...] (default: all three)
+# test splits, export, check parity, evaluate the int8 model, time every runtime, and time and
+# compare the optimizers.
+# Usage: SHARED=../shared scripts/benchmarks.sh [bccd|aquarium|runtimes|optimizers ...] (default: all four)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
@@ -10,7 +11,7 @@ AQUARIUM=$SHARED/datasets/aquarium
 OUT=${OUT:-runs/bench}
 BIN=.venv/bin
 mkdir -p "$OUT"
-steps=${*:-bccd aquarium runtimes}
+steps=${*:-bccd aquarium runtimes optimizers}
 
 timed() {  # timed NAME COMMAND...: run, keep the log, record wall and CPU seconds
   local name=$1; shift
@@ -57,7 +58,11 @@ for step in $steps; do
         --runtime "$runtime" --no-show --output "$OUT/detect-bccd-$runtime"
     done
     ;;
-  *) echo "unknown step $step: choose bccd, aquarium or runtimes" >&2; exit 2 ;;
+  optimizers)
+    timed optimizers-step-time $BIN/dl09 optimizers step-time --output "$OUT/optimizer-step-time"
+    timed optimizers-compare $BIN/dl09 optimizers compare --output "$OUT/optimizer-comparison"
+    ;;
+  *) echo "unknown step $step: choose bccd, aquarium, runtimes or optimizers" >&2; exit 2 ;;
   esac
 done
 echo "Logs and results in $OUT"
