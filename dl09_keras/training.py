@@ -183,7 +183,10 @@ def train(args: argparse.Namespace) -> RunFolder:
 
     encoder = TargetEncoder(anchors, box_config.variances)
     max_side = args.max_side or 2 * max(ssd_config.input_size)
-    augment_config = AugmentConfig(zoom_out_max=1.0 if args.no_zoom_out else 4.0)
+    augment_config = AugmentConfig(zoom_out_max=4.0)
+    if args.no_zoom_out:
+        # The probability is 0 as well, so that metadata.json lists no zoom-out that never runs.
+        augment_config = AugmentConfig(zoom_out_probability=0.0, zoom_out_max=1.0)
     if args.no_augment:
         augment_config = AugmentConfig(photometric=False, zoom_out_probability=0.0, crop=False, flip_probability=0.0)
     train_pipe = training_pipeline(
