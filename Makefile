@@ -24,7 +24,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
-# Trains on BCCD and Aquarium, exports, evaluates and times every runtime (hours on 2 cores).
+# Trains on BCCD and Aquarium, exports, evaluates, times every runtime and the optimizers (about 100 minutes on 2 cores).
 bench: $(STAMP)
 	SHARED=$(SHARED) ./scripts/benchmarks.sh
 

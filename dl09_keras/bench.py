@@ -24,7 +24,7 @@ BENCH_RUNTIMES = ("keras", "onnxruntime", "opencv", "tflite_fp32", "tflite_fp16"
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("run_dir")
+    parser.add_argument("run_dir", help="run folder written by train.py (exported for onnxruntime, opencv, tflite).")
     parser.add_argument("--runtime", default="all", choices=("all",) + BENCH_RUNTIMES, help="Default: all.")
     parser.add_argument("--source", required=True, help="video file or folder of images for the end-to-end timing.")
     parser.add_argument("--frames", type=int, default=200, help="frames timed end to end. Default: 200.")

@@ -142,7 +142,7 @@ def _demo(args):
 def build_parser() -> argparse.ArgumentParser:
     from dl09_keras.inference.runtimes import RUNTIMES, TFLITE_VARIANTS
 
-    parser = argparse.ArgumentParser(prog="dl09", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dl09", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--debug", action="store_true", help="log at DEBUG level.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -153,15 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="mAP@0.5 of a run on a dataset split.")
-    evaluate.add_argument("run_dir")
+    evaluate.add_argument("run_dir", help="run folder written by train.py.")
     evaluate.add_argument("--data", default=None, help="dataset spec; default: the run's training data.")
-    evaluate.add_argument("--split", default="test", help="Default: test.")
+    evaluate.add_argument("--split", default="test",
+                          help="split to evaluate, e.g. test or valid (a VOC ImageSets list or a YOLO folder). "
+                               "Default: test.")
     evaluate.add_argument("--runtime", choices=RUNTIMES, default="keras", help="Default: keras.")
     evaluate.add_argument("--tflite-variant", choices=TFLITE_VARIANTS, default="fp32")
     evaluate.set_defaults(handler=_evaluate)
 
     export = commands.add_parser("export", help="convert a run to ONNX and TFLite (same as python -m export).")
-    export.add_argument("run_dir")
+    export.add_argument("run_dir", help="run folder written by train.py.")
     export.add_argument("--to", nargs="+", choices=("onnx", "tflite"), default=["onnx", "tflite"])
     export.add_argument("--parity-images", type=int, default=10)
     export.set_defaults(handler=_export)
