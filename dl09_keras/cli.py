@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench)
     bench.set_defaults(handler=_bench)
 
-    optimizers = commands.add_parser("optimizers", help="the optimizers on 2-D test surfaces, compared on the SSD, or timed.")
+    optimizers = commands.add_parser("optimizers",
+                                     help="the optimizers on 2-D test surfaces, compared on the SSD, or timed.")
     optimizer_commands = optimizers.add_subparsers(dest="optimizers_command", required=True)
     from dl09_keras.optimizers.commands import add_compare_arguments, add_plot_arguments, add_step_time_arguments
 

@@ -62,7 +62,7 @@ for step in $steps; do
     timed optimizers-step-time $BIN/dl09 optimizers step-time --rounds 15 --output "$OUT/optimizer-step-time"
     timed optimizers-compare $BIN/dl09 optimizers compare --output "$OUT/optimizer-comparison"
     ;;
-  *) echo "unknown step $step: choose bccd, aquarium, runtimes or optimizers" >&2; exit 2 ;;
+  *) echo "Invalid step $step: choose bccd, aquarium, runtimes or optimizers." >&2; exit 2 ;;
   esac
 done
 echo "Logs and results in $OUT"

@@ -172,7 +172,7 @@ def test_train_accepts_project_optimizer(tmp_path):
     assert os.path.isfile(run_dir / "model.keras")
 
 
-def test_step_time_times_each_optimizer_against_its_builtin(tmp_path, capsys):
+def test_step_time_rows_per_variant(tmp_path, capsys):
     output = tmp_path / "step-time"
     assert main(["optimizers", "step-time", "--methods", "momentum", "adagrad", "--input-size", "64",
                  "--width", "0.25", "--batch-size", "2", "--rounds", "2", "--steps", "1", "--update-steps", "2",
@@ -183,7 +183,8 @@ def test_step_time_times_each_optimizer_against_its_builtin(tmp_path, capsys):
         ("adagrad", "keras"), ("adagrad", "parameter"), ("adagrad", "neuron"),
     ]
     for row in rows:
-        assert 0 < row["update_ms"] < row["step_ms"], row
+        assert row["update_ms"] > 0, row
+        assert row["update_ms"] < row["step_ms"], row
         if row["variant"] == "keras":
             assert row["step_ratio"] == row["update_ratio"] == 1.0
     table = capsys.readouterr().out

@@ -83,8 +83,9 @@ def add_step_time_arguments(parser: argparse.ArgumentParser):
                         help="SSD input, SIDE or HEIGHTxWIDTH in pixels. Default: 288x384.")
     parser.add_argument("--width", type=float, default=0.5, help="backbone channel multiplier. Default: 0.5.")
     parser.add_argument("--batch-size", type=int, default=16, help="Default: 16.")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of turns; the median is kept. Default: 5.")
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps per optimizer and round. Default: 5.")
+    parser.add_argument("--rounds", type=int, default=15, help="rounds of turns; the median is kept. Default: 15.")
+    parser.add_argument("--steps", type=int, default=5,
+                        help="timed training steps per optimizer and round. Default: 5.")
     parser.add_argument("--update-steps", type=int, default=50,
                         help="timed updates alone per optimizer and round. Default: 50.")
     parser.add_argument("--output", default="optimizer-step-time",

@@ -47,7 +47,8 @@ class StepTimeSettings:
         input_size: (height, width) of the SSD input in pixels. Default (288, 384), BCCD's benchmark size.
         width: backbone channel multiplier. Default 0.5.
         batch_size: images per step. Default 16.
-        rounds: rounds of turns; the median over them is reported. Default 5.
+        rounds: rounds of turns; the median over them is reported. Default 15, because the
+            training step varies by several percent from one round to the next on a shared CPU.
         steps: timed steps per optimizer and round. Default 5.
         update_steps: timed ``apply_gradients`` calls per optimizer and round. Default 50.
         seed: seed of the weights and the batch. Default 0.
@@ -56,7 +57,7 @@ class StepTimeSettings:
     input_size: tuple[int, int] = (288, 384)
     width: float = 0.5
     batch_size: int = 16
-    rounds: int = 5
+    rounds: int = 15
     steps: int = 5
     update_steps: int = 50
     seed: int = 0
@@ -68,7 +69,10 @@ class StepTimeSettings:
 
 
 def _variants(method: str):
-    """Return the (label, factory) pairs of one method: the built-in, then the project's per parameter and per neuron."""
+    """Return the (label, factory) pairs of one method.
+
+    The Keras built-in comes first, then the project's optimizer per parameter and, with a second moment, per neuron.
+    """
     from dl09_keras.optimizers import get_optimizer
 
     name, builtin, has_granularity = METHODS[method]
@@ -201,7 +205,9 @@ def measure_step_times(methods, settings: StepTimeSettings, output: str | None =
 def step_time_table(rows: list[dict], settings: StepTimeSettings, parameters: int | None = None) -> str:
     """Format the rows as a Markdown table, each time divided by the Keras built-in's of the same method."""
     size = f"{settings.input_size[0]}x{settings.input_size[1]}"
-    model = f"SSD (width {settings.width}, input {size}" + (f", {parameters:,} parameters)" if parameters else ")")
+    model = f"SSD (width {settings.width}, input {size})"
+    if parameters:
+        model = f"SSD (width {settings.width}, input {size}, {parameters:,} parameters)"
     lines = [
         f"{model}, batch {settings.batch_size}; median over {settings.rounds} rounds of {settings.steps} training "
         f"steps and {settings.update_steps} updates per optimizer, the optimizers taking turns.",
