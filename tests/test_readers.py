@@ -53,8 +53,9 @@ def test_voc_reader_converts_and_counts_defects(voc_folder):
     np.testing.assert_array_equal(first.labels, [0, 1])
     np.testing.assert_array_equal(first.difficult, [False, True])
     assert len(dataset.samples[1].boxes) == 0
+    assert dataset.repaired == {"box reaching past the image, clipped": 1}
     assert dataset.skipped == {
-        "zero-area box": 1,
+        "box with zero width or height": 1,
         "unreadable annotation file": 1,
         "annotation without image": 1,
         "image without annotation file": 1,
@@ -87,18 +88,13 @@ def test_yolo_reader_converts_and_counts_defects(tmp_path):
     np.testing.assert_allclose(dataset.samples[0].boxes, [[0.3, 0.4, 0.7, 0.6], [0.4, 0.85, 0.6, 1.0]], atol=1e-6)
     np.testing.assert_array_equal(dataset.samples[0].labels, [0, 1])
     assert len(dataset.samples[1].boxes) == 0
-    assert dataset.skipped == {"zero-area box": 1, "malformed label line": 1}
-
-
-def test_yolo_unknown_class_raises_with_fix(tmp_path):
-    write_yolo(str(tmp_path), "train", "a", ["5 0.5 0.5 0.2 0.2"])
-    with pytest.raises(ValueError, match=r"Invalid class 5 in .*a.txt:1.*Fix the label or the 'names' list"):
-        read_yolo(str(tmp_path), "train")
+    assert dataset.skipped == {"box with zero width or height": 1, "malformed label line": 1}
+    assert dataset.repaired == {"box reaching past the image, clipped": 1}
 
 
 def test_dataset_spec_errors_name_the_spec():
-    with pytest.raises(ValueError, match="Invalid dataset spec 'coco:x'"):
-        parse_spec("coco:x")
+    with pytest.raises(ValueError, match="Invalid dataset spec 'pascal:x'"):
+        parse_spec("pascal:x")
     with pytest.raises(ValueError, match="Invalid dataset spec 'voc'"):
         parse_spec("voc")
 
@@ -124,7 +120,7 @@ def test_bccd_splits_and_its_two_zero_area_boxes():
     test = load_dataset(f"voc:{BCCD}", "test")
     assert (len(trainval), len(test)) == (292, 72)
     assert trainval.class_names == ["Platelets", "RBC", "WBC"]
-    assert trainval.skipped == {"zero-area box": 2}
+    assert trainval.skipped == {"box with zero width or height": 2}
     assert trainval.num_boxes() + test.num_boxes() == 4888 - 2
 
 
@@ -134,4 +130,4 @@ def test_aquarium_splits_and_classes():
     test = load_dataset(f"yolo:{AQUARIUM}", "test")
     assert (len(train), len(test)) == (448, 63)
     assert train.class_names[:3] == ["fish", "jellyfish", "penguin"]
-    assert test.skipped == {"zero-area box": 2}
+    assert test.skipped == {"box with zero width or height": 2}

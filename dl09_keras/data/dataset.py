@@ -8,12 +8,14 @@ decode it in the tf.data pipeline; the synthetic generator keeps the pixels.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 from typing import Optional
 
 import numpy as np
+
+from dl09_keras.data.images import ImageInfo
+from dl09_keras.data.report import DataReport, Problem
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ class Sample:
         difficult: bool (N,), VOC's flag; difficult boxes are left out of
             training and ignored by the evaluation.
         image: uint8 (H, W, 3) RGB pixels, or None for a file sample.
+        info: size, EXIF orientation and decode ratio of the file, from
+            :func:`dl09_keras.data.images.inspect_image`; None for in-memory samples.
     """
 
     path: Optional[str]
@@ -36,6 +40,7 @@ class Sample:
     labels: np.ndarray
     difficult: Optional[np.ndarray] = None
     image: Optional[np.ndarray] = None
+    info: Optional[ImageInfo] = None
 
     def __post_init__(self):
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
@@ -55,21 +60,6 @@ class Sample:
         return self.path or "<in memory>"
 
 
-class SkipCounter:
-    """Count and log the boxes or images a reader drops, so nothing is lost silently."""
-
-    def __init__(self, reader: str):
-        self.reader = reader
-        self.counts: collections.Counter = collections.Counter()
-
-    def skip(self, reason: str, where: str, detail: str = ""):
-        self.counts[reason] += 1
-        logger.warning("%s: skipped %s in %s%s", self.reader, reason, where, f" ({detail})" if detail else "")
-
-    def summary(self) -> dict:
-        return dict(self.counts)
-
-
 @dataclasses.dataclass
 class DetectionDataset:
     """A list of samples with their class names.
@@ -80,6 +70,9 @@ class DetectionDataset:
         source: the spec the dataset was read from, e.g. ``voc:/data/bccd``.
         split: the split name, e.g. ``trainval``.
         skipped: reason to count of the boxes or images the reader dropped.
+        repaired: reason to count of the values the reader fixed and used.
+        noted: reason to count of the oddities read as they are.
+        problems: every problem above with its file, for ``dl09 check-data``.
     """
 
     class_names: list[str]
@@ -87,6 +80,20 @@ class DetectionDataset:
     source: str = ""
     split: str = ""
     skipped: dict = dataclasses.field(default_factory=dict)
+    repaired: dict = dataclasses.field(default_factory=dict)
+    noted: dict = dataclasses.field(default_factory=dict)
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def from_report(cls, class_names, samples, source: str, split: str, report: DataReport):
+        """Build a dataset whose problem counts come from a reader's ``report``."""
+        return cls(
+            list(class_names), samples, source, split,
+            skipped=report.counts("skipped"),
+            repaired=report.counts("repaired"),
+            noted=report.counts("noted"),
+            problems=list(report.problems),
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -109,4 +116,6 @@ class DetectionDataset:
         text = f"{self.source} [{self.split}]: {len(self)} images, {self.num_boxes()} boxes ({counts})"
         if self.skipped:
             text += f"; skipped {self.skipped}"
+        if self.repaired:
+            text += f"; repaired {self.repaired}"
         return text

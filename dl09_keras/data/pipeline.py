@@ -15,17 +15,12 @@ import tensorflow as tf
 
 from dl09_keras.data.augment import NO_AUGMENTATION, AugmentConfig, augment, resize_for_model
 from dl09_keras.data.dataset import DetectionDataset
+from dl09_keras.data.images import decode_image
 from dl09_keras.matching import TargetEncoder
 
 logger = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def decode_image(path):
-    """Read an image file into uint8 (H, W, 3) RGB; JPEG, PNG, BMP and GIF are accepted."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    return tf.ensure_shape(image, (None, None, 3))
 
 
 def _limit_side(image, max_side):
@@ -55,7 +50,8 @@ def sample_dataset(dataset: DetectionDataset, max_side: Optional[int] = None, dr
         for sample in dataset.samples:
             keep = ~sample.difficult if drop_difficult else np.ones(len(sample.labels), bool)
             source = sample.image if in_memory else sample.path
-            yield source, sample.boxes[keep], sample.labels[keep]
+            orientation, ratio = (sample.info.orientation, sample.info.ratio) if sample.info else (1, 1)
+            yield source, orientation, ratio, sample.boxes[keep], sample.labels[keep]
 
     source_spec = (
         tf.TensorSpec((None, None, 3), tf.uint8) if in_memory else tf.TensorSpec((), tf.string)
@@ -64,19 +60,22 @@ def sample_dataset(dataset: DetectionDataset, max_side: Optional[int] = None, dr
         generate,
         output_signature=(
             source_spec,
+            tf.TensorSpec((), tf.int32),
+            tf.TensorSpec((), tf.int32),
             tf.TensorSpec((None, 4), tf.float32),
             tf.TensorSpec((None,), tf.int32),
         ),
     )
 
-    def load(source, boxes, labels):
-        image = source if in_memory else decode_image(source)
+    def load(source, orientation, ratio, boxes, labels):
+        image = source if in_memory else decode_image(source, orientation, ratio)
         if max_side:
             image = _limit_side(image, max_side)
         return {"image": image, "boxes": boxes, "labels": labels}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE)
-    # A corrupt image file would stop training; it is dropped with a logged warning instead.
+    # The readers skip broken images with a counted reason, so this only catches a file
+    # that changed after reading: it is dropped with a logged warning instead of stopping training.
     ds = ds.ignore_errors(log_warning=True)
     return ds.cache()
 

@@ -15,8 +15,9 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from dl09_keras.data.dataset import DetectionDataset, Sample, SkipCounter
-from dl09_keras.data.voc import IMAGE_EXTENSIONS
+from dl09_keras.data.dataset import DetectionDataset, Sample
+from dl09_keras.data.images import IMAGE_EXTENSIONS, ImageProblem, inspect_image
+from dl09_keras.data.report import DataReport, check_corners, is_inside
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,13 @@ def yolo_class_names(path: str) -> list[str]:
         raise FileNotFoundError(
             f"No data.yaml in {path}: a YOLO dataset needs one with a 'names' list of classes."
         )
-    with open(yaml_path, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
+    try:
+        with open(yaml_path, encoding="utf-8-sig") as f:
+            config = yaml.safe_load(f) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"Invalid YAML in {yaml_path}: {error}") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"Invalid {yaml_path}: expected a mapping with a 'names' list, got {config!r}.")
     names = config.get("names")
     if isinstance(names, dict):
         names = [names[k] for k in sorted(names, key=int)]
@@ -57,10 +63,15 @@ def _split_folders(path: str, split: str) -> tuple[str, str]:
     )
 
 
-def _parse_label_file(label_path, num_classes, skips: SkipCounter):
+def _parse_label_file(label_path, class_names, report: DataReport):
     boxes, labels = [], []
-    with open(label_path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    try:
+        with open(label_path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()  # also splits Windows (CRLF) line endings
+    except UnicodeDecodeError as error:
+        report.skip("unreadable label file", label_path, f"not UTF-8 text: {error}")
+        return boxes, labels
+
     for number, line in enumerate(lines, start=1):
         fields = line.split()
         if not fields:
@@ -68,27 +79,45 @@ def _parse_label_file(label_path, num_classes, skips: SkipCounter):
         where = f"{label_path}:{number}"
         try:
             if len(fields) != 5:
-                raise ValueError(f"expected 5 fields, got {len(fields)}")
-            class_id = int(float(fields[0]))
+                raise ValueError(f"expected 5 fields 'class cx cy w h', got {len(fields)}")
+            class_id = float(fields[0])
             cx, cy, w, h = (float(v) for v in fields[1:])
         except ValueError as error:
-            skips.skip("malformed label line", where, f"{line.strip()!r}: {error}")
+            report.skip("malformed label line", where, f"{line.strip()!r}: {error}")
             continue
-        if not 0 <= class_id < num_classes:
-            raise ValueError(
-                f"Invalid class {class_id} in {where}: data.yaml lists {num_classes} classes "
-                f"(0 to {num_classes - 1}). Fix the label or the 'names' list."
+
+        if class_id != int(class_id) or not 0 <= class_id < len(class_names):
+            report.skip(
+                "box of unknown class", where,
+                f"class {fields[0]}; data.yaml lists {len(class_names)} classes, 0 to {len(class_names) - 1}",
             )
-        if w <= 0 or h <= 0:
-            skips.skip("zero-area box", where, f"w={w:g} h={h:g}")
             continue
-        corners = np.clip([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], 0.0, 1.0)
-        if corners[2] <= corners[0] or corners[3] <= corners[1]:
-            skips.skip("box outside the image", where, line.strip())
+        if w < 0 or h < 0:
+            report.skip("box with negative size", where, f"w={w:g} h={h:g}")
             continue
-        boxes.append(corners)
-        labels.append(class_id)
+        box = check_corners([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], where, report)
+        if box is None:
+            continue
+        boxes.append(box)
+        labels.append(int(class_id))
     return boxes, labels
+
+
+def _read_sample(path, image_path, label_path, class_names, report: DataReport) -> Optional[Sample]:
+    """Read one image and its label file, or return None with the reason in ``report``."""
+    if not is_inside(path, image_path):
+        report.skip("image outside the dataset folder", image_path, f"a link that leaves {path}")
+        return None
+    try:
+        info = inspect_image(image_path)
+    except ImageProblem as problem:
+        report.skip(problem.reason, image_path, problem.detail)
+        return None
+
+    boxes, labels = [], []
+    if os.path.isfile(label_path):
+        boxes, labels = _parse_label_file(label_path, class_names, report)
+    return Sample(image_path, np.array(boxes).reshape(-1, 4), labels, info=info)
 
 
 def read_yolo(path: str, split: str, class_names: Optional[Sequence[str]] = None) -> DetectionDataset:
@@ -100,31 +129,31 @@ def read_yolo(path: str, split: str, class_names: Optional[Sequence[str]] = None
         class_names: class order; default: the names in ``data.yaml``.
 
     Returns:
-        the dataset; dropped boxes and label files are counted in ``skipped`` and logged.
+        the dataset; skipped, repaired and noted problems are counted and logged.
+        An image without a label file, or with an empty one, is a background image.
     """
     class_names = list(class_names) if class_names else yolo_class_names(path)
     image_folder, label_folder = _split_folders(path, split)
-    skips = SkipCounter("YOLO reader")
+    report = DataReport("YOLO reader")
     images = sorted(f for f in os.listdir(image_folder) if f.lower().endswith(IMAGE_EXTENSIONS))
     stems = {os.path.splitext(f)[0] for f in images}
     if os.path.isdir(label_folder):
-        for orphan in sorted(set(os.path.splitext(f)[0] for f in os.listdir(label_folder)) - stems):
-            skips.skip("label file without image", os.path.join(label_folder, orphan + ".txt"))
+        for file in sorted(os.listdir(label_folder)):
+            if file.endswith(".txt") and os.path.splitext(file)[0] not in stems:
+                report.skip("label file without image", os.path.join(label_folder, file))
 
     samples = []
     without_labels = 0
     for file in tqdm(images, desc=f"Reading YOLO {split}", unit="image", leave=False):
         label_path = os.path.join(label_folder, os.path.splitext(file)[0] + ".txt")
-        if os.path.isfile(label_path):
-            boxes, labels = _parse_label_file(label_path, len(class_names), skips)
-        else:
-            boxes, labels = [], []
-            without_labels += 1
-        samples.append(Sample(os.path.join(image_folder, file), np.array(boxes).reshape(-1, 4), labels))
+        without_labels += not os.path.isfile(label_path)
+        sample = _read_sample(path, os.path.join(image_folder, file), label_path, class_names, report)
+        if sample is not None:
+            samples.append(sample)
     if without_labels:
         logger.info("YOLO reader: %d images in %s have no label file and count as background",
                     without_labels, image_folder)
 
-    dataset = DetectionDataset(class_names, samples, f"yolo:{path}", split, skips.summary())
+    dataset = DetectionDataset.from_report(class_names, samples, f"yolo:{path}", split, report)
     logger.info("Read %s", dataset.describe())
     return dataset
