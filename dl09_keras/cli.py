@@ -1,4 +1,4 @@
-"""The ``dl09`` command: train, evaluate, export, detect, bench, anchors, augment-preview, optimizers.
+"""The ``dl09`` command: train, evaluate, export, detect, bench, check-data, anchors, augment-preview, optimizers.
 
 Each subcommand's implementation module is imported only when that subcommand runs.
 """
@@ -83,6 +83,17 @@ def _anchors(args):
     return 0
 
 
+def _check_data(args):
+    from dl09_keras.data.check import check_data
+
+    exit_code, report = check_data(
+        args.source, args.split, strict=args.strict, all_problems=args.all_problems,
+        input_size=args.input_size, num_maps=args.num_maps, suggest=not args.no_suggestion,
+    )
+    print(report)
+    return exit_code
+
+
 def _augment_preview(args):
     from dl09_keras.viz import save_augmented_samples
 
@@ -146,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="log at DEBUG level.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    from dl09_keras.training_args import add_training_arguments, parse_input_size
+    from dl09_keras.training_args import SPEC_HELP, add_training_arguments, parse_input_size
 
     train = commands.add_parser("train", help="train an SSD and write a run folder.")
     add_training_arguments(train)
@@ -182,6 +193,22 @@ def build_parser() -> argparse.ArgumentParser:
     anchors.add_argument("--num-maps", type=int, default=5, help="feature maps with heads. Default: 5.")
     anchors.add_argument("--scales", default="auto", help="'auto' or MIN,MAX, as for train.py. Default: auto.")
     anchors.set_defaults(handler=_anchors)
+
+    check = commands.add_parser(
+        "check-data",
+        help="read a dataset and report class counts, box sizes and every problem; exit 0 when trainable.",
+    )
+    check.add_argument("source", help=f"dataset spec: {SPEC_HELP}.")
+    check.add_argument("--split", nargs="+", default=None,
+                       help="splits to read; default: every split found (VOC: all annotation files).")
+    check.add_argument("--all-problems", action="store_true",
+                       help="list every problem, not only 3 examples per reason.")
+    check.add_argument("--strict", action="store_true", help="exit 1 when any box or image is skipped.")
+    check.add_argument("--input-size", type=parse_input_size, default=(320, 320),
+                       help="SSD input size for the default-box scale suggestion. Default: 320.")
+    check.add_argument("--num-maps", type=int, default=6, help="SSD feature maps for the suggestion. Default: 6.")
+    check.add_argument("--no-suggestion", action="store_true", help="skip the default-box scale suggestion.")
+    check.set_defaults(handler=_check_data)
 
     preview = commands.add_parser("augment-preview", help="save augmented training samples with their boxes drawn.")
     preview.add_argument("--data", default="shapes", help="dataset spec: voc:PATH, yolo:PATH or shapes. Default: shapes.")

@@ -6,7 +6,10 @@ import argparse
 
 BACKBONES = ("resnet", "mobilenetv2")
 NECKS = ("none", "fpn")
-SPEC_HELP = "voc:PATH (Pascal VOC folder), yolo:PATH (YOLO txt folder with data.yaml) or shapes (synthetic)"
+SPEC_HELP = (
+    "voc:PATH (Pascal VOC folder), yolo:PATH (YOLO txt folder with data.yaml), coco:PATH (COCO JSON "
+    "folder or file) or shapes (synthetic)"
+)
 
 
 def parse_input_size(text: str) -> tuple[int, int]:

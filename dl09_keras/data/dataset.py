@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from dl09_keras.data.images import ImageInfo
-from dl09_keras.data.report import DataReport, Problem
+from dl09_keras.data.report import DataReport, Problem, note_suspicious_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,11 @@ class DetectionDataset:
 
     @classmethod
     def from_report(cls, class_names, samples, source: str, split: str, report: DataReport):
-        """Build a dataset whose problem counts come from a reader's ``report``."""
+        """Build a dataset whose problem counts come from a reader's ``report``.
+
+        Duplicate and tiny boxes are noted in ``report`` here, once for every reader.
+        """
+        note_suspicious_boxes(samples, report)
         return cls(
             list(class_names), samples, source, split,
             skipped=report.counts("skipped"),

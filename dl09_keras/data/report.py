@@ -28,6 +28,11 @@ logger = logging.getLogger(__name__)
 # Warnings logged per reason; the rest go to the debug log and the summary.
 LOGGED_PER_REASON = 5
 
+# Boxes of one class that overlap this much are noted as duplicates.
+DUPLICATE_IOU = 0.95
+# Boxes narrower or lower than this many pixels of the source image are noted as tiny.
+TINY_BOX_PIXELS = 2.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -124,3 +129,29 @@ def check_corners(corners, where: str, report: DataReport, swapped_is_error=Fals
     if np.abs(clipped - np.float32([ymin, xmin, ymax, xmax])).max() > 1e-6:
         report.repair("box reaching past the image, clipped", where, text)
     return clipped
+
+
+def note_suspicious_boxes(samples, report: DataReport):
+    """Note duplicate boxes and boxes under :data:`TINY_BOX_PIXELS`; both stay in the data.
+
+    Args:
+        samples: :class:`dl09_keras.data.dataset.Sample` objects; ``info`` gives
+            the pixel size where it is known.
+    """
+    from dl09_keras.boxes import iou_matrix_np
+
+    for sample in samples:
+        if len(sample.boxes) == 0:
+            continue
+        if sample.info is not None:
+            heights = (sample.boxes[:, 2] - sample.boxes[:, 0]) * sample.info.height
+            widths = (sample.boxes[:, 3] - sample.boxes[:, 1]) * sample.info.width
+            for i in np.flatnonzero(np.minimum(heights, widths) < TINY_BOX_PIXELS):
+                report.note("tiny box", f"{sample.name} box {i + 1}",
+                            f"{widths[i]:.1f}x{heights[i]:.1f} pixels; it is kept, but hardly learnable")
+
+        iou = iou_matrix_np(sample.boxes, sample.boxes)
+        same_class = sample.labels[:, None] == sample.labels[None, :]
+        for i, j in zip(*np.nonzero(np.triu((iou >= DUPLICATE_IOU) & same_class, k=1))):
+            report.note("duplicate box", f"{sample.name} boxes {i + 1} and {j + 1}",
+                        f"IoU {iou[i, j]:.3f}, same class; both are kept")

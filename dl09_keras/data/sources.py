@@ -1,10 +1,11 @@
-"""Parse a dataset spec (``voc:PATH``, ``yolo:PATH``, ``shapes``) and read the split."""
+"""Parse a dataset spec (``voc:PATH``, ``yolo:PATH``, ``coco:PATH``, ``shapes``) and read the split."""
 
 from __future__ import annotations
 
 import os
 from typing import Optional, Sequence
 
+from dl09_keras.data.coco import read_coco
 from dl09_keras.data.dataset import DetectionDataset
 from dl09_keras.data.shapes import generate_shapes
 from dl09_keras.data.voc import read_voc
@@ -13,13 +14,16 @@ from dl09_keras.data.yolo import read_yolo
 from dl09_keras.training_args import SPEC_HELP
 
 
+READERS = {"voc": read_voc, "yolo": read_yolo, "coco": read_coco}
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     """Split ``kind:path`` into its parts; ``shapes`` has no path."""
     kind, _, path = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "shapes":
         return kind, ""
-    if kind not in ("voc", "yolo") or not path:
+    if kind not in READERS or not path:
         raise ValueError(f"Invalid dataset spec {spec!r}: expected {SPEC_HELP}.")
     return kind, os.path.expanduser(path)
 
@@ -27,14 +31,16 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def absolute_spec(spec: str) -> str:
     """Return ``spec`` with an absolute path, e.g. ``voc:../data`` to ``voc:/home/me/data``."""
     kind, path = parse_spec(spec)
-    return kind if kind == "shapes" else f"{kind}:{os.path.abspath(path)}"
+    if kind == "shapes":
+        return kind
+    return f"{kind}:{os.path.abspath(path)}"
 
 
 def load_dataset(spec: str, split: str, class_names: Optional[Sequence[str]] = None) -> DetectionDataset:
     """Read ``split`` of the dataset named by ``spec``.
 
     Args:
-        spec: ``voc:PATH``, ``yolo:PATH`` or ``shapes``.
+        spec: ``voc:PATH``, ``yolo:PATH``, ``coco:PATH`` or ``shapes``.
         split: the split name of that format.
         class_names: expected class order, e.g. from a trained run; a dataset
             whose own names differ is rejected, because labels would change meaning.
@@ -42,10 +48,8 @@ def load_dataset(spec: str, split: str, class_names: Optional[Sequence[str]] = N
     kind, path = parse_spec(spec)
     if kind == "shapes":
         dataset = generate_shapes(split)
-    elif kind == "voc":
-        dataset = read_voc(path, split, class_names)
     else:
-        dataset = read_yolo(path, split, class_names)
+        dataset = READERS[kind](path, split, class_names)
     if class_names is not None and list(class_names) != dataset.class_names:
         raise ValueError(
             f"Class names of {spec} ({dataset.class_names}) differ from the expected "
