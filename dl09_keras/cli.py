@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.set_defaults(handler=_detect)
 
     anchors = commands.add_parser("anchors", help="box-size statistics and default-box coverage of a dataset.")
-    anchors.add_argument("--data", required=True, help="dataset spec: voc:PATH, yolo:PATH or shapes.")
+    anchors.add_argument("--data", required=True, help=f"dataset spec: {SPEC_HELP}.")
     anchors.add_argument("--split", default="train", help="split whose boxes are measured. Default: train.")
     anchors.add_argument("--input-size", type=parse_input_size, default=(320, 320),
                          help="network input, SIDE or HEIGHTxWIDTH, as for train.py. Default: 320.")
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check_data)
 
     preview = commands.add_parser("augment-preview", help="save augmented training samples with their boxes drawn.")
-    preview.add_argument("--data", default="shapes", help="dataset spec: voc:PATH, yolo:PATH or shapes. Default: shapes.")
+    preview.add_argument("--data", default="shapes", help=f"dataset spec: {SPEC_HELP}. Default: shapes.")
     preview.add_argument("--split", default="train", help="Default: train.")
     preview.add_argument("--output", default="augmented", help="folder for the PNG files. Default: augmented.")
     preview.add_argument("--count", type=int, default=16, help="samples to save. Default: 16.")
