@@ -224,3 +224,14 @@ def test_yolo_image_link_outside_the_root_is_skipped(tmp_path):
     dataset = read_yolo(folder, "train")
     assert [os.path.basename(s.path) for s in dataset.samples] == ["a.jpg"]
     assert dataset.skipped == {"image outside the dataset folder": 1}
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_evaluation_reads_the_view_training_sees(tmp_path, orientation):
+    from dl09_keras.inference import read_image_bgr
+
+    path = str(tmp_path / "photo.png")
+    exif_png(path, gradient(40, 70), orientation)
+    info = inspect_image(path)
+    training_view = decode_image(tf.constant(path), info.orientation, info.ratio).numpy()
+    np.testing.assert_array_equal(read_image_bgr(path)[..., ::-1], training_view)

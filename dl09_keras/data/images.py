@@ -70,6 +70,9 @@ def _decode_ratio(image_format: str, width: int, height: int) -> int:
 def inspect_image(path: str) -> ImageInfo:
     """Open, verify and measure an image file without a full-size decode.
 
+    NOTE: readers call this once per image, one image at a time. A JPEG takes about
+    1 to 3 ms, so COCO's 118,000 training images need a few minutes.
+
     Raises:
         ImageProblem: the file is missing, not an image, of a format TensorFlow
             cannot decode, larger than :data:`MAX_PIXELS`, truncated or corrupt.
