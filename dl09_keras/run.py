@@ -9,10 +9,15 @@ Layout::
       history.csv          one row of losses and metrics per epoch
       logs/                TensorBoard event files
       checkpoints/         last.keras after every epoch
-      backup/              BackupAndRestore state while a run is unfinished
+      backup/              training state after the last completed epoch, while a run is unfinished
       evaluation.json      written by ``dl09 evaluate``
       model.onnx, model_fp32.tflite, model_fp16.tflite, model_int8.tflite, parity.json
                            written by ``python -m export``
+
+Training writes each of its files here atomically (see :mod:`dl09_keras.atomic`)
+and saves model.keras last, so model.keras exists only in a finished run.
+NOTE: logs/ is the exception. TensorBoard appends to its event files, so a
+killed run can leave a cut last record there, which TensorBoard skips.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 import keras
 
 from dl09_keras.anchors import DefaultBoxConfig
+from dl09_keras.atomic import write_json
 from dl09_keras.models.ssd import SSDConfig, build_inference_model
 
 METADATA_VERSION = 1
@@ -80,12 +86,8 @@ class RunFolder:
         return metadata
 
     def write_metadata(self, metadata: dict[str, Any]):
-        os.makedirs(self.path, exist_ok=True)
-        temporary = self.metadata_path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump(metadata, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(temporary, self.metadata_path)
+        """Replace metadata.json atomically, creating the run folder if needed."""
+        write_json(self.metadata_path, metadata)
 
     def update_metadata(self, **entries):
         metadata = self.read_metadata()
