@@ -23,6 +23,14 @@ import numpy as np
 import tensorflow as tf
 
 from dl09_keras.anchors import DefaultBoxConfig, default_boxes, fit_scales, match_coverage
+from dl09_keras.atomic import (
+    AtomicBackupAndRestore,
+    AtomicModelCheckpoint,
+    HistoryCSVLogger,
+    atomic_path,
+    read_history,
+    remove_temporaries,
+)
 from dl09_keras.data import AugmentConfig, load_dataset, training_pipeline, validation_pipeline
 from dl09_keras.data.sources import absolute_spec
 from dl09_keras.inference import Detector, KerasRuntime, evaluate_detector
@@ -133,13 +141,27 @@ def _check_run_folder(args) -> RunFolder:
     return run
 
 
-def _create_run_folder(run: RunFolder, overwrite: bool):
-    """Create the run folder once the data and the model are ready; clear it for --overwrite."""
+def _create_run_folder(run: RunFolder, overwrite: bool) -> dict | None:
+    """Create the run folder once the data and the model are ready; clear it for --overwrite.
+
+    Returns:
+        the backup state of an unfinished run in the folder, from which training
+        resumes (see :meth:`AtomicBackupAndRestore.read_state`), or None.
+    """
     if overwrite and os.path.isfile(run.model_path):
         shutil.rmtree(run.path)
-    if os.path.isdir(run.file("backup")):
-        logger.info("Resuming the unfinished run in %s", run.path)
+    if os.path.isdir(run.path):
+        for path in remove_temporaries(run.path):
+            logger.info("Removed %s, left by a write that did not finish.", path)
+
+    state = AtomicBackupAndRestore.read_state(run.file("backup"))
+    completed_epochs = state["epoch"] if state else 0
+    if completed_epochs:
+        logger.info("Resuming the unfinished run in %s after epoch %d", run.path, completed_epochs)
+    elif run.exists():
+        logger.info("Restarting the run in %s from epoch 1 because it completed no epoch.", run.path)
     os.makedirs(run.file("checkpoints"), exist_ok=True)
+    return state
 
 
 def train(args: argparse.Namespace) -> RunFolder:
@@ -246,17 +268,19 @@ def train(args: argparse.Namespace) -> RunFolder:
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
     }
-    _create_run_folder(run, args.overwrite)
-    if run.exists():
-        metadata["training"]["resumed_from"] = run.read_metadata().get("training", {}).get("started")
+    state = _create_run_folder(run, args.overwrite)
+    completed_epochs = state["epoch"] if state else 0
     metadata["training"]["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if completed_epochs:
+        previous = run.read_metadata().get("training", {})
+        metadata["training"]["started"] = previous.get("started", metadata["training"]["started"])
+        resume = {"after_epoch": completed_epochs, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        metadata["training"]["resumes"] = previous.get("resumes", []) + [resume]
     run.write_metadata(metadata)
 
     time_limit = TimeLimit(args.time_limit) if args.time_limit else None
     callbacks = [
-        keras.callbacks.BackupAndRestore(run.file("backup")),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ModelCheckpoint(run.file(os.path.join("checkpoints", "last.keras"))),
         keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch"),
     ]
     if val_data is not None and args.map_every:
@@ -265,34 +289,49 @@ def train(args: argparse.Namespace) -> RunFolder:
         callbacks.append(StopAtMeanAveragePrecision(args.stop_at_map))
     if time_limit:
         callbacks.append(time_limit)
-    callbacks.append(keras.callbacks.CSVLogger(run.file("history.csv"), append=True))
+    # The backup marks an epoch as done for a resume, so the history row comes after it.
+    callbacks += [
+        AtomicModelCheckpoint(run.file(os.path.join("checkpoints", "last.keras"))),
+        AtomicBackupAndRestore(run.file("backup")),
+        HistoryCSVLogger(run.file("history.csv"), run.file("backup")),
+    ]
 
+    # A run killed after its training loop ended (possibly early, by --time-limit or
+    # --stop-at-map) only restores its state, in a fit without epochs, and saves.
+    # NOTE: a resumed run draws shuffling and augmentation from a fresh pipeline, so it
+    # matches an uninterrupted run in epochs and optimizer state but not bit for bit.
+    fit_epochs = completed_epochs if state and state.get("training_ended") else args.epochs
     start = time.monotonic()
     history = model.fit(
         train_pipe,
         validation_data=val_pipe,
         validation_steps=math.ceil(len(val_data) / args.batch_size) if val_data is not None else None,
-        epochs=args.epochs,
+        epochs=fit_epochs,
         steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
         verbose=args.verbose,
         shuffle=False,  # the pipeline shuffles
     )
     seconds = time.monotonic() - start
-    if not history.history or any(math.isnan(v) for v in history.history.get("loss", [])):
+    if any(math.isnan(v) for v in history.history.get("loss", [])):
         raise RuntimeError(f"Training of {run.path} diverged (NaN loss): lower --learning-rate.")
+    _, rows = read_history(run.file("history.csv"))
+    if not rows:
+        raise RuntimeError(f"Training of {run.path} completed no epoch: check --epochs ({args.epochs}).")
+    AtomicBackupAndRestore.mark_training_ended(run.file("backup"))
 
-    model.save(run.model_path)
     inference_model = build_inference_model(model, box_config)
-    inference_model.export(run.saved_model_path, format="tf_saved_model", verbose=False)
+    with atomic_path(run.saved_model_path) as temporary:
+        inference_model.export(temporary, format="tf_saved_model", verbose=False)
 
     updates = {
         "status": "finished",
         "training": metadata["training"] | {
             "seconds_this_process": round(seconds, 1),
-            "epochs_run": len(history.history["loss"]),
+            "epochs_run": len(history.history.get("loss", [])),
+            "epochs_completed": len(rows),
             "stopped_by_time_limit_after_epoch": time_limit.stopped_epoch if time_limit else None,
-            "final_loss": float(history.history["loss"][-1]),
+            "final_loss": float(rows[-1]["loss"]),
         },
     }
     if val_data is not None:
@@ -305,5 +344,11 @@ def train(args: argparse.Namespace) -> RunFolder:
                                        "when": "end of training"}}
         logger.info("Validation mAP@0.5 on %s: %.4f %s", args.val_split, result["map"], result["ap"])
     run.update_metadata(**updates)
+
+    # model.keras marks a finished run, so it appears last, and the backup goes after it.
+    # NOTE: a kill between the two leaves backup/ in a finished run. No later stage reads it.
+    with atomic_path(run.model_path) as temporary:
+        model.save(temporary)
+    shutil.rmtree(run.file("backup"), ignore_errors=True)
     logger.info("Run folder: %s", run.path)
     return run
