@@ -8,7 +8,8 @@ BACKBONES = ("resnet", "mobilenetv2")
 NECKS = ("none", "fpn")
 SPEC_HELP = (
     "voc:PATH (Pascal VOC folder), yolo:PATH (YOLO txt folder with data.yaml), coco:PATH (COCO JSON "
-    "folder or file) or shapes (synthetic)"
+    "folder or file), tfds:NAME[@DATA_DIR] (a prepared tensorflow-datasets set, e.g. tfds:voc/2007) "
+    "or shapes (synthetic)"
 )
 
 
