@@ -206,3 +206,73 @@ def match_coverage(boxes_per_image: Sequence[np.ndarray], anchors: np.ndarray, t
         best = iou_matrix_np(boxes[start:start + 256], anchors, np.float32).max(axis=1)
         covered += int((best >= threshold).sum())
     return covered / len(boxes)
+
+
+@dataclasses.dataclass(frozen=True)
+class RPNAnchorConfig:
+    """Settings of the Faster R-CNN anchors on one feature map.
+
+    A size ``s`` is a fraction of ``sqrt(H * W)`` of the network input, as the
+    SSD scales are, so that anchors scale with the input size. The Faster R-CNN
+    paper's anchor sides 128, 256 and 512 px on inputs of about 600 x 1000 px are
+    0.17, 0.33 and 0.66 in these units.
+
+    Args:
+        sizes: anchor sizes, smallest first. Default (0.125, 0.25, 0.5).
+        aspect_ratios: width / height ratios. Default (0.5, 1, 2), the paper's 1:2, 1:1, 2:1.
+    """
+
+    sizes: tuple[float, ...] = (0.125, 0.25, 0.5)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+    def __post_init__(self):
+        if not self.sizes or min(self.sizes) <= 0:
+            raise ValueError(f"Invalid anchor sizes={self.sizes}: expected positive fractions of the input side.")
+        if not self.aspect_ratios or min(self.aspect_ratios) <= 0:
+            raise ValueError(f"Invalid aspect_ratios={self.aspect_ratios}: expected positive width/height ratios.")
+        object.__setattr__(self, "sizes", tuple(float(s) for s in self.sizes))
+        object.__setattr__(self, "aspect_ratios", tuple(float(a) for a in self.aspect_ratios))
+
+    @property
+    def anchors_per_location(self) -> int:
+        """k, the number of anchors at each feature-map cell."""
+        return len(self.sizes) * len(self.aspect_ratios)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "RPNAnchorConfig":
+        return cls(tuple(config["sizes"]), tuple(config["aspect_ratios"]))
+
+
+def rpn_anchors(feature_shape: Sequence[int], image_size: Sequence[int], config: RPNAnchorConfig = RPNAnchorConfig()) -> np.ndarray:
+    """Compute the k anchors of every cell of one feature map.
+
+    Args:
+        feature_shape: (height, width) of the feature map.
+        image_size: (height, width) of the network input in pixels.
+        config: sizes and aspect ratios.
+
+    Returns:
+        float32 (height * width * k, 4) normalized ``[ymin, xmin, ymax, xmax]``,
+        not clipped. Order: cells row-major, then sizes, then aspect ratios, so
+        anchor ``(i * width + j) * k + s * len(ratios) + r``.
+    """
+    rows, cols = (int(v) for v in feature_shape)
+    input_height, input_width = (float(v) for v in image_size)
+    side = math.sqrt(input_height * input_width)
+
+    shapes = []
+    for size in config.sizes:
+        for ratio in config.aspect_ratios:
+            width = size * math.sqrt(ratio) * side / input_width
+            height = size / math.sqrt(ratio) * side / input_height
+            shapes.append((height, width))
+    shapes = np.array(shapes, np.float64)
+
+    cy, cx = np.meshgrid((np.arange(rows) + 0.5) / rows, (np.arange(cols) + 0.5) / cols, indexing="ij")
+    centers = np.stack([cy.ravel(), cx.ravel()], -1)[:, None, :]
+    half = shapes[None, :, :] / 2
+    anchors = np.concatenate([centers - half, centers + half], -1)
+    return anchors.reshape(-1, 4).astype(np.float32)
