@@ -7,6 +7,7 @@ import logging
 import os
 import time
 
+from dl09_keras.atomic import write_json
 from dl09_keras.data import load_dataset
 from dl09_keras.data.sources import absolute_spec
 from dl09_keras.inference import Detector, evaluate_detector, open_runtime
@@ -50,9 +51,7 @@ def evaluate_run(run_dir: str, data: str | None, split: str, runtime: str = "ker
             results = json.load(f)
     key = f"{data} [{split}] {runtime_name}"
     results[key] = result
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
+    write_json(path, results)
     evaluations = metadata.get("evaluation", {})
     evaluations[key] = {"map": result["map"], "ap": result["ap"]}
     run.update_metadata(evaluation=evaluations)

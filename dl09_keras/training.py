@@ -251,7 +251,10 @@ def train(args: argparse.Namespace) -> RunFolder:
             "train_split": args.train_split,
             "val_split": args.val_split,
             "train_images": len(train_data),
+            "train_boxes": train_data.num_boxes(),
             "train_skipped": train_data.skipped,
+            "train_repaired": train_data.repaired,
+            "train_noted": train_data.noted,
             "max_side": max_side,
         },
         "training": {

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from dl09_keras.atomic import atomic_path
 from dl09_keras.run import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,10 @@ def export_onnx(run: RunFolder, inference_model=None) -> str:
     serve = serving_function(inference_model)
     path = run.file("model.onnx")
     start = time.monotonic()
-    tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=ONNX_OPSET, output_path=path)
+    with atomic_path(path) as temporary:
+        tf2onnx.convert.from_function(
+            serve, input_signature=serve.input_signature, opset=ONNX_OPSET, output_path=temporary
+        )
     logger.info("Wrote %s in %.1f s", path, time.monotonic() - start)
     return path
 
@@ -102,7 +106,7 @@ def export_tflite(run: RunFolder, variants=("fp32", "fp16", "int8"), calibration
         start = time.monotonic()
         flatbuffer = converter.convert()
         path = run.file(f"model_{variant}.tflite")
-        with open(path, "wb") as f:
+        with atomic_path(path) as temporary, open(temporary, "wb") as f:
             f.write(flatbuffer)
         logger.info("Wrote %s (%.1f MB) in %.1f s", path, len(flatbuffer) / 1e6, time.monotonic() - start)
         paths.append(path)

@@ -8,7 +8,6 @@ each Keras detection overlapped by one of the same label with IoU >= 0.95.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from dl09_keras.boxes import iou_matrix_np
 from dl09_keras.inference import Detector, open_runtime, postprocess, read_image_bgr
+from dl09_keras.atomic import write_json
 from dl09_keras.run import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,5 @@ def parity_report(run: RunFolder, runtimes, count: int = 10, score_threshold: fl
         if variant in (None, "fp32") and not entry["within_fp32_tolerance"]:
             logger.warning("%s differs from Keras by more than %.0e: the exported model does not "
                            "reproduce the Keras model.", key, FP32_TOLERANCE)
-    with open(run.file("parity.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
+    write_json(run.file("parity.json"), report)
     return report

@@ -30,7 +30,8 @@ VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 
 def assert_valid_boxes(dataset):
     for sample in dataset.samples:
-        assert np.all(sample.boxes >= 0.0) and np.all(sample.boxes <= 1.0)
+        assert np.all(sample.boxes >= 0.0)
+        assert np.all(sample.boxes <= 1.0)
         assert np.all(sample.boxes[:, 2] > sample.boxes[:, 0])
         assert np.all(sample.boxes[:, 3] > sample.boxes[:, 1])
         assert np.all((sample.labels >= 0) & (sample.labels < dataset.num_classes))
@@ -64,7 +65,8 @@ def test_tfds_coco_crowd_boxes_are_difficult(tmp_path):
     assert dataset.num_classes == 80
     assert_valid_boxes(dataset)
     difficult = np.concatenate([s.difficult for s in dataset.samples])
-    assert difficult.any() and not difficult.all()
+    assert difficult.any()
+    assert not difficult.all()
 
 
 def test_tfds_samples_feed_the_training_pipeline(tmp_path):

@@ -2,14 +2,10 @@
 
 import csv
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 TINY = ["--data", "shapes", "--train-split", "val", "--input-size", "64", "--width", "0.25",
         "--batch-size", "16", "--verbose", "2"]
@@ -21,35 +17,6 @@ def read_history(run_dir):
         return []
     with open(path) as f:
         return list(csv.DictReader(f))
-
-
-def test_interrupted_run_resumes_from_its_last_epoch(tmp_path):
-    run_dir = str(tmp_path / "run")
-    command = [sys.executable, "train.py", *TINY, "--epochs", "4", "--run-dir", run_dir]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while len(read_history(run_dir)) < 2 and time.monotonic() < deadline:
-            assert process.poll() is None, "training ended before it could be interrupted"
-            time.sleep(0.2)
-        process.send_signal(signal.SIGKILL)  # as a crash or a lost machine would
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    interrupted_at = len(read_history(run_dir))
-    assert 2 <= interrupted_at < 4
-    assert not os.path.isfile(os.path.join(run_dir, "model.keras"))
-
-    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "Resuming the unfinished run" in completed.stderr
-    epochs = [int(row["epoch"]) for row in read_history(run_dir)]
-    # The restarted process trains only the epochs that were missing.
-    assert epochs == list(range(4)), epochs
-    assert f"Epoch {interrupted_at + 1}/4" in completed.stdout
-    assert f"Epoch {interrupted_at}/4" not in completed.stdout
-    assert os.path.isfile(os.path.join(run_dir, "model.keras"))
 
 
 def test_finished_run_is_not_overwritten_by_accident(tmp_path):
