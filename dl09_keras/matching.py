@@ -94,3 +94,291 @@ class TargetEncoder:
         positive = matched_labels > 0
         offsets = tf.where(positive[:, None], offsets, 0.0)
         return tf.concat([offsets, tf.cast(matched_labels, tf.float32)[:, None]], axis=-1)
+
+
+# ---------------------------------------------------------------------------
+# Faster R-CNN: RPN anchor targets and the detection head's ROI sampling.
+#
+# Both run per image in graph mode (tf.data map functions, tf.map_fn) with a
+# dynamic number of ground truths G >= 0. A zero-area ground-truth box has IoU 0
+# with every box, so it is never matched, and batch padding rows of zeros are harmless.
+# ---------------------------------------------------------------------------
+
+from dl09_keras.boxes import box_area, iou_matrix_np  # noqa: E402
+
+# The RPN regresses unscaled offsets, as Ren et al. (2015) define (tx, ty, tw, th).
+RPN_VARIANCES = (1.0, 1.0, 1.0, 1.0)
+
+
+def _sample_indices(mask, count):
+    """Draw up to ``count`` random indices, int64 (n,), among the True entries of ``mask`` (N,)."""
+    candidates = tf.random.shuffle(tf.where(mask)[:, 0])
+    return candidates[:count]
+
+
+def _indices_to_mask(indices, size):
+    """Turn int64 indices (n,) into a boolean mask of length ``size``."""
+    updates = tf.ones_like(indices, tf.int32)
+    return tf.scatter_nd(indices[:, None], updates, tf.cast([size], tf.int64)) > 0
+
+
+def _with_empty_box(boxes):
+    """Append one all-zero box to (G, 4), so argmax and max over G + 1 columns work for G = 0."""
+    return tf.concat([boxes, tf.zeros([1, 4], boxes.dtype)], axis=0)
+
+
+class RPNTargetEncoder:
+    """Turn one image's boxes into the region proposal network's training target.
+
+    Labelling follows Ren et al. (2015), "Faster R-CNN", section 3.1.2. An anchor is
+    positive when its IoU with some ground truth is > ``positive_iou``, or when it
+    is the highest-IoU anchor of some ground truth and that IoU is > 0. Ties count,
+    so every anchor that reaches a ground truth's maximum IoU is positive, as in the
+    authors' py-faster-rcnn code. An anchor whose IoU with every ground truth is
+    < ``negative_iou`` is negative unless it is positive. The rest are ignored.
+    Then up to ``int(samples_per_image * positive_fraction)`` positives are drawn at
+    random and negatives fill the sample up to ``samples_per_image``. The draws use
+    ``tf.random`` ops, so each epoch samples anew.
+
+    All anchors are kept, including those that cross the image border. Such an
+    anchor is often the best match of an object at the border, and Detectron2 keeps
+    them by default (``MODEL.RPN.BOUNDARY_THRESH = -1``). Ren et al. ignore them
+    during training instead.
+
+    Args:
+        anchors: float32 (A, 4) normalized ``[ymin, xmin, ymax, xmax]`` from
+            :func:`dl09_keras.anchors.rpn_anchors`.
+        positive_iou: IoU above which an anchor is positive. Default 0.7.
+        negative_iou: IoU below which an anchor is negative. Default 0.3.
+        samples_per_image: anchors sampled per image. Default 256.
+        positive_fraction: maximum share of positives in the sample. Default 0.5.
+
+    Call:
+        boxes: float32 (G, 4) normalized corners, G >= 0. labels: ignored, because
+        the RPN is class-agnostic. The argument keeps the call signature of
+        :class:`TargetEncoder`.
+
+    Returns:
+        float32 (A, 5): offsets ``(ty, tx, th, tw)`` from
+        ``encode_boxes(matched_gt, anchors, RPN_VARIANCES)`` for sampled positives and
+        0 elsewhere, then the label: 1 sampled positive, 0 sampled negative,
+        -1 ignored (between the thresholds, or not sampled).
+    """
+
+    def __init__(self, anchors, positive_iou=0.7, negative_iou=0.3, samples_per_image=256, positive_fraction=0.5):
+        if not 0.0 <= negative_iou <= positive_iou <= 1.0:
+            raise ValueError(
+                f"Invalid RPN thresholds negative_iou={negative_iou}, positive_iou={positive_iou}: "
+                "expected 0 <= negative_iou <= positive_iou <= 1."
+            )
+        if int(samples_per_image) < 1:
+            raise ValueError(f"Invalid samples_per_image={samples_per_image}: expected an integer >= 1.")
+        if not 0.0 <= positive_fraction <= 1.0:
+            raise ValueError(f"Invalid positive_fraction={positive_fraction}: expected a value in [0, 1].")
+        anchors = np.asarray(anchors, np.float32)
+        if anchors.ndim != 2 or anchors.shape[1] != 4:
+            raise ValueError(f"Invalid anchors of shape {anchors.shape}: expected (A, 4) corner boxes.")
+
+        self.anchors = tf.constant(anchors)
+        self.positive_iou = float(positive_iou)
+        self.negative_iou = float(negative_iou)
+        self.samples_per_image = int(samples_per_image)
+        self.positive_fraction = float(positive_fraction)
+        self.max_positives = int(self.samples_per_image * self.positive_fraction)
+
+    @property
+    def num_anchors(self) -> int:
+        return int(self.anchors.shape[0])
+
+    def label_anchors(self, boxes):
+        """Label every anchor before sampling.
+
+        Args:
+            boxes: float32 (G, 4) normalized corners, G >= 0.
+
+        Returns:
+            labels: int32 (A,), 1 positive, 0 negative, -1 ignored.
+            matched: int32 (A,), index of each anchor's highest-IoU ground truth.
+                It equals G (no ground truth) when the anchor overlaps none.
+        """
+        targets = _with_empty_box(boxes)
+        iou = iou_matrix(self.anchors, targets)  # (A, G + 1)
+        best_iou = tf.reduce_max(iou, axis=1)
+        matched = tf.argmax(iou, axis=1, output_type=tf.int32)
+
+        # Each ground truth claims all anchors that reach its maximum IoU, unless that maximum is 0.
+        # NOTE: ties are exact float32 equality, so IoUs that differ by less than float32
+        # precision (symmetric anchors) tie here but may not in a float64 reference.
+        gt_best_iou = tf.reduce_max(iou, axis=0)  # (G + 1,)
+        is_gt_best = tf.logical_and(tf.equal(iou, gt_best_iou[None, :]), gt_best_iou[None, :] > 0.0)
+        positive = tf.logical_or(best_iou > self.positive_iou, tf.reduce_any(is_gt_best, axis=1))
+        negative = tf.logical_and(best_iou < self.negative_iou, tf.logical_not(positive))
+
+        labels = tf.where(positive, 1, tf.where(negative, 0, -1))
+        matched = tf.where(best_iou > 0.0, matched, tf.shape(boxes)[0])
+        return labels, matched
+
+    def sample(self, labels):
+        """Keep a random sample of the labelled anchors and set the others to -1, int32 (A,)."""
+        positives = _sample_indices(tf.equal(labels, 1), self.max_positives)
+        num_negatives = self.samples_per_image - tf.size(positives)
+        negatives = _sample_indices(tf.equal(labels, 0), num_negatives)
+
+        keep = tf.logical_or(
+            _indices_to_mask(positives, self.num_anchors),
+            _indices_to_mask(negatives, self.num_anchors),
+        )
+        return tf.where(keep, labels, -1)
+
+    def __call__(self, boxes, labels=None):
+        """Encode one image's boxes (G, 4) into the RPN target (A, 5)."""
+        boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
+        anchor_labels, matched = self.label_anchors(boxes)
+        anchor_labels = self.sample(anchor_labels)
+
+        matched_boxes = tf.gather(_with_empty_box(boxes), matched)
+        offsets = encode_boxes(matched_boxes, self.anchors, RPN_VARIANCES)
+        offsets = tf.where(tf.equal(anchor_labels, 1)[:, None], offsets, 0.0)
+        return tf.concat([offsets, tf.cast(anchor_labels, tf.float32)[:, None]], axis=-1)
+
+
+def rpn_labels_np(anchors, boxes, positive_iou=0.7, negative_iou=0.3):
+    """Label anchors in NumPy, as a reference for :meth:`RPNTargetEncoder.label_anchors`.
+
+    The steps follow ``anchor_target_layer.py`` of py-faster-rcnn, with two
+    differences: positives need IoU > ``positive_iou`` (the paper's text, where the
+    code uses >=), and a ground truth that overlaps no anchor claims none.
+
+    Args:
+        anchors: (A, 4) normalized corners.
+        boxes: (G, 4) normalized corners, G >= 0.
+
+    Returns:
+        labels_before_sampling: int8 (A,), 1 positive, 0 negative, -1 ignored.
+        matched_gt: int64 (A,), index of each anchor's highest-IoU ground truth
+            (the first one on ties), -1 when G = 0.
+    """
+    anchors = np.asarray(anchors, np.float64).reshape(-1, 4)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    labels = np.full(len(anchors), -1, np.int8)
+    if len(boxes) == 0:
+        labels[:] = 0
+        return labels, np.full(len(anchors), -1, np.int64)
+
+    iou = iou_matrix_np(anchors, boxes)  # (A, G)
+    best_iou = iou.max(axis=1)
+    matched_gt = iou.argmax(axis=1)
+
+    # Negatives first, so that the positive rules below override them.
+    labels[best_iou < negative_iou] = 0
+    for g in range(len(boxes)):
+        gt_best_iou = iou[:, g].max()
+        if gt_best_iou > 0:
+            labels[iou[:, g] == gt_best_iou] = 1
+    labels[best_iou > positive_iou] = 1
+    return labels, matched_gt
+
+
+def sample_rois(
+    proposals,
+    gt_boxes,
+    gt_labels,
+    num_rois=128,
+    foreground_fraction=0.25,
+    foreground_iou=0.5,
+    background_iou=(0.0, 0.5),
+    variances=DEFAULT_VARIANCES,
+):
+    """Sample the regions of interest that train the Fast R-CNN head, for one image.
+
+    The ground-truth boxes join the proposals as candidates, as Detectron2 does by
+    default (``PROPOSAL_APPEND_GT``), so the head gets foreground rois from the first
+    step on. A candidate with zero area (an all-zero padding row of ``proposals`` or
+    ``gt_boxes``, or a degenerate box) is never sampled. A candidate is foreground when its highest
+    IoU with a ground truth is >= ``foreground_iou`` (class ``label + 1``), and
+    background when that IoU is in ``[low, high)`` of ``background_iou`` (class 0).
+    Up to ``round(num_rois * foreground_fraction)`` foreground rois are drawn at
+    random, then background rois fill up to ``num_rois``. When there are not enough
+    candidates, all-zero rows of weight 0 pad the output. Python's ``round`` rounds
+    halves to even, as ``np.round`` does in Detectron's ``_sample_rois``.
+
+    Proposals pass through ``tf.stop_gradient``, because the head treats them as
+    fixed boxes.
+
+    Args:
+        proposals: float32 (P, 4) normalized ``[ymin, xmin, ymax, xmax]``.
+        gt_boxes: float32 (G, 4) normalized corners, G >= 0.
+        gt_labels: int (G,) dataset labels, 0-based.
+        num_rois: rois per image. Default 128.
+        foreground_fraction: maximum share of foreground rois. Default 0.25.
+        foreground_iou: minimum IoU of a foreground roi. Default 0.5.
+        background_iou: ``(low, high)`` IoU range of background rois. Default (0.0, 0.5).
+        variances: divisors of the encoded offsets. Default (0.1, 0.1, 0.2, 0.2).
+
+    Returns:
+        rois: float32 (num_rois, 4), foreground first, then background, then padding.
+        classes: int32 (num_rois,), 0 for background and padding.
+        box_targets: float32 (num_rois, 4), ``encode_boxes(matched_gt, rois, variances)``
+            for foreground rois and 0 otherwise.
+        weights: float32 (num_rois,), 1 for sampled rois and 0 for padding.
+    """
+    max_foreground = _validate_roi_sampling(num_rois, foreground_fraction, foreground_iou, background_iou)
+    proposals = tf.stop_gradient(tf.reshape(tf.cast(proposals, tf.float32), [-1, 4]))
+    gt_boxes = tf.reshape(tf.cast(gt_boxes, tf.float32), [-1, 4])
+    gt_labels = tf.reshape(tf.cast(gt_labels, tf.int32), [-1])
+
+    # Candidates: proposals and ground truths, with a zero box that makes G = 0 work.
+    candidates = tf.concat([proposals, gt_boxes], axis=0)
+    valid = box_area(candidates) > 0.0
+    targets = _with_empty_box(gt_boxes)
+    iou = iou_matrix(candidates, targets)  # (P + G, G + 1)
+    best_iou = tf.reduce_max(iou, axis=1)
+    matched = tf.argmax(iou, axis=1, output_type=tf.int32)
+
+    foreground = tf.logical_and(valid, best_iou >= foreground_iou)
+    low, high = background_iou
+    background = valid & (best_iou >= low) & (best_iou < high) & tf.logical_not(foreground)
+
+    # Random draw: foreground first, background fills the rest.
+    foreground_indices = _sample_indices(foreground, max_foreground)
+    background_indices = _sample_indices(background, num_rois - tf.size(foreground_indices))
+    selected = tf.concat([foreground_indices, background_indices], axis=0)
+    is_foreground = tf.range(tf.size(selected)) < tf.size(foreground_indices)
+
+    rois = tf.gather(candidates, selected)
+    selected_gt = tf.gather(matched, selected)
+    labels = tf.gather(tf.concat([gt_labels, [-1]], axis=0), selected_gt)
+    classes = tf.where(is_foreground, labels + 1, 0)
+    box_targets = encode_boxes(tf.gather(targets, selected_gt), rois, variances)
+    box_targets = tf.where(is_foreground[:, None], box_targets, 0.0)
+    weights = tf.ones([tf.size(selected)], tf.float32)
+
+    return _pad_rois(num_rois, rois, classes, box_targets, weights)
+
+
+def _validate_roi_sampling(num_rois, foreground_fraction, foreground_iou, background_iou):
+    """Check the settings of :func:`sample_rois` and return the maximum number of foreground rois."""
+    if int(num_rois) < 1:
+        raise ValueError(f"Invalid num_rois={num_rois}: expected an integer >= 1.")
+    if not 0.0 <= foreground_fraction <= 1.0:
+        raise ValueError(f"Invalid foreground_fraction={foreground_fraction}: expected a value in [0, 1].")
+    if not 0.0 < foreground_iou <= 1.0:
+        raise ValueError(f"Invalid foreground_iou={foreground_iou}: expected a value in (0, 1].")
+    if len(background_iou) != 2 or not 0.0 <= background_iou[0] <= background_iou[1] <= 1.0:
+        raise ValueError(f"Invalid background_iou={background_iou}: expected (low, high) with 0 <= low <= high <= 1.")
+    return int(round(num_rois * foreground_fraction))
+
+
+def _pad_rois(num_rois, rois, classes, box_targets, weights):
+    """Pad the sampled rows with zeros up to ``num_rois`` and fix the static shapes."""
+    padding = num_rois - tf.shape(rois)[0]
+    rois = tf.pad(rois, [[0, padding], [0, 0]])
+    classes = tf.pad(classes, [[0, padding]])
+    box_targets = tf.pad(box_targets, [[0, padding], [0, 0]])
+    weights = tf.pad(weights, [[0, padding]])
+    return (
+        tf.ensure_shape(rois, [num_rois, 4]),
+        tf.ensure_shape(classes, [num_rois]),
+        tf.ensure_shape(box_targets, [num_rois, 4]),
+        tf.ensure_shape(weights, [num_rois]),
+    )
