@@ -117,3 +117,199 @@ def ssd_loss_terms(y_true, y_pred, neg_pos_ratio=3.0, empty_image_negatives=8):
     conf = tf.reduce_sum(cross_entropy * selected, axis=-1)
 
     return {"conf": conf, "loc": loc, "num_positive": num_positive}
+
+
+# ---------------------------------------------------------------------------
+# Faster R-CNN: the region proposal network loss and the Fast R-CNN head loss.
+# ---------------------------------------------------------------------------
+
+RPN_NORMALIZATIONS = ("sampled", "paper")
+
+
+def _rpn_loss_sums(y_true, y_pred):
+    """Compute the per-image sums of the RPN loss.
+
+    Returns:
+        classification: float32 (B,), cross-entropy summed over sampled anchors.
+        regression: float32 (B,), smooth L1 summed over the offsets of positive anchors.
+        num_sampled: float32 (B,), anchors with label 0 or 1.
+    """
+    y_true = tf.cast(y_true, tf.float32)
+    y_pred = tf.cast(y_pred, tf.float32)
+    labels = tf.cast(y_true[..., 4], tf.int32)
+    sampled = tf.cast(labels >= 0, tf.float32)
+    positive = tf.cast(tf.equal(labels, 1), tf.float32)
+
+    # Ignored anchors (-1) get a valid dummy class and then weight 0.
+    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.maximum(labels, 0), logits=y_pred[..., :2]
+    )
+    classification = tf.reduce_sum(cross_entropy * sampled, axis=-1)
+
+    box_loss = tf.reduce_sum(smooth_l1(y_pred[..., 2:6] - y_true[..., :4]), axis=-1)
+    regression = tf.reduce_sum(box_loss * positive, axis=-1)
+    return classification, regression, tf.reduce_sum(sampled, axis=-1)
+
+
+def _rpn_normalizers(y_true, num_sampled, normalization, anchors_per_location):
+    """Return (N_cls, N_reg) of the whole batch, each at least 1."""
+    num_classification = tf.maximum(tf.reduce_sum(num_sampled), 1.0)
+    if normalization == "sampled":
+        return num_classification, num_classification
+
+    shape = tf.shape(y_true)
+    num_locations = tf.cast(shape[0] * shape[1], tf.float32) / float(anchors_per_location)
+    return num_classification, tf.maximum(num_locations, 1.0)
+
+
+def _validate_rpn_loss(normalization, box_weight, anchors_per_location):
+    """Check the RPN loss settings and return the box weight, filled in from the normalization."""
+    if normalization not in RPN_NORMALIZATIONS:
+        raise ValueError(
+            f"Invalid RPN loss normalization={normalization!r}: expected one of {RPN_NORMALIZATIONS}."
+        )
+    if box_weight is None:
+        box_weight = 1.0 if normalization == "sampled" else 10.0
+    if box_weight < 0:
+        raise ValueError(f"Invalid RPN loss box_weight={box_weight}: expected a value >= 0.")
+    if int(anchors_per_location) < 1:
+        raise ValueError(f"Invalid anchors_per_location={anchors_per_location}: expected an integer >= 1.")
+    return float(box_weight)
+
+
+def rpn_loss_terms(y_true, y_pred, normalization="sampled", box_weight=None, anchors_per_location=9):
+    """Compute the two terms of :class:`RPNLoss` for logging. Their sum is the loss.
+
+    Returns:
+        (classification, regression): float32 scalars, each already normalized, and
+        the regression term multiplied by the box weight.
+    """
+    box_weight = _validate_rpn_loss(normalization, box_weight, anchors_per_location)
+    classification, regression, num_sampled = _rpn_loss_sums(y_true, y_pred)
+    num_classification, num_regression = _rpn_normalizers(
+        y_true, num_sampled, normalization, anchors_per_location
+    )
+    return (
+        tf.reduce_sum(classification) / num_classification,
+        box_weight * tf.reduce_sum(regression) / num_regression,
+    )
+
+
+@keras.saving.register_keras_serializable(package="dl09")
+class RPNLoss(keras.losses.Loss):
+    """Loss of the region proposal network (Ren et al., 2015, "Faster R-CNN", eq. 1).
+
+    ``L = 1/N_cls * sum_i L_cls(p_i, p_i*) + lambda * 1/N_reg * sum_i p_i* L_reg(t_i, t_i*)``
+    with ``L_cls`` the 2-way softmax cross-entropy over sampled anchors and ``L_reg``
+    the smooth L1 (beta 1) of the offsets of positive anchors. Both sums run over
+    the whole batch, and each divisor is at least 1.
+
+    Normalizations:
+        ``"sampled"`` (common form): ``N_reg = N_cls`` = number of sampled anchors,
+        ``lambda`` = box_weight, default 1.
+        ``"paper"``: ``N_cls`` = sampled anchors, ``N_reg = B * A / anchors_per_location``
+        anchor locations, ``lambda`` = box_weight, default 10.
+
+    Shapes:
+        y_true: (B, A, 5) from :class:`dl09_keras.matching.RPNTargetEncoder`:
+            ``(ty, tx, th, tw, label)`` with label 1, 0 or -1 (ignored).
+        y_pred: (B, A, 6): logits of (background, object), then ``(ty, tx, th, tw)``.
+
+    Like :class:`SSDLoss`, ``call`` returns per-image values that are already
+    divided by the batch normalizers, so the default reduction is ``"sum"``.
+
+    Args:
+        normalization: ``"sampled"`` or ``"paper"``. Default ``"sampled"``.
+        box_weight: ``lambda``; None picks the default of the normalization.
+        anchors_per_location: k anchors per feature-map cell. Default 9.
+    """
+
+    def __init__(self, normalization="sampled", box_weight=None, anchors_per_location=9, name="rpn_loss", **kwargs):
+        kwargs.setdefault("reduction", "sum")
+        super().__init__(name=name, **kwargs)
+        self.box_weight = _validate_rpn_loss(normalization, box_weight, anchors_per_location)
+        self.normalization = normalization
+        self.anchors_per_location = int(anchors_per_location)
+
+    def call(self, y_true, y_pred):
+        classification, regression, num_sampled = _rpn_loss_sums(y_true, y_pred)
+        num_classification, num_regression = _rpn_normalizers(
+            y_true, num_sampled, self.normalization, self.anchors_per_location
+        )
+        return classification / num_classification + self.box_weight * regression / num_regression
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            normalization=self.normalization,
+            box_weight=self.box_weight,
+            anchors_per_location=self.anchors_per_location,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="dl09")
+class FastRCNNLoss(keras.losses.Loss):
+    """Loss of the Fast R-CNN detection head over the sampled rois.
+
+    ``L = sum_r w_r CE_r / sum_r w_r + box_weight * sum_{r foreground} w_r smoothL1_r / sum_r w_r``
+    where ``CE_r`` is the softmax cross-entropy over the C + 1 classes and
+    ``smoothL1_r`` the smooth L1 (beta 1) of the deltas predicted for the roi's true
+    class. Sums run over the whole batch, and the divisor is at least 1.
+    :func:`dl09_keras.matching.sample_rois` gives weight 1 to sampled rois and 0 to
+    padding.
+
+    Shapes:
+        y_true: (B, R, 6): class id as float (0 background), ``(ty, tx, th, tw)``, weight.
+        y_pred: (B, R, (C + 1) * 5): C + 1 class logits, then the class-specific
+            deltas, class-major: class ``c`` at ``[C + 1 + 4c, C + 1 + 4c + 4)``.
+
+    Like :class:`SSDLoss`, ``call`` returns per-image values that are already
+    divided by the batch weight, so the default reduction is ``"sum"``.
+
+    Args:
+        num_classes: C, the number of object classes without the background.
+        box_weight: weight of the box term. Default 1.0.
+    """
+
+    def __init__(self, num_classes, box_weight=1.0, name="fast_rcnn_loss", **kwargs):
+        kwargs.setdefault("reduction", "sum")
+        super().__init__(name=name, **kwargs)
+        if int(num_classes) < 1:
+            raise ValueError(f"Invalid num_classes={num_classes}: expected the number of object classes, >= 1.")
+        if box_weight < 0:
+            raise ValueError(f"Invalid FastRCNNLoss box_weight={box_weight}: expected a value >= 0.")
+        self.num_classes = int(num_classes)
+        self.box_weight = float(box_weight)
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, tf.float32)
+        y_pred = tf.cast(y_pred, tf.float32)
+        num_outputs = self.num_classes + 1
+        if y_pred.shape[-1] is not None and y_pred.shape[-1] != num_outputs * 5:
+            raise ValueError(
+                f"Invalid FastRCNNLoss y_pred with {y_pred.shape[-1]} channels: expected "
+                f"(num_classes + 1) * 5 = {num_outputs * 5} for num_classes={self.num_classes}."
+            )
+
+        classes = tf.cast(y_true[..., 0], tf.int32)
+        weights = y_true[..., 5]
+        total_weight = tf.maximum(tf.reduce_sum(weights), 1.0)
+
+        logits = y_pred[..., :num_outputs]
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=classes, logits=logits)
+        classification = tf.reduce_sum(cross_entropy * weights, axis=-1)
+
+        # Deltas (B, R, C + 1, 4); each roi regresses the deltas of its true class.
+        deltas = tf.reshape(y_pred[..., num_outputs:], tf.concat([tf.shape(logits)[:-1], [num_outputs, 4]], 0))
+        class_deltas = tf.gather(deltas, classes, axis=2, batch_dims=2)
+        box_loss = tf.reduce_sum(smooth_l1(class_deltas - y_true[..., 1:5]), axis=-1)
+        foreground = tf.cast(classes > 0, tf.float32)
+        regression = tf.reduce_sum(box_loss * foreground * weights, axis=-1)
+
+        return (classification + self.box_weight * regression) / total_weight
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, box_weight=self.box_weight)
+        return config
