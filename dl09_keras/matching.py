@@ -303,7 +303,8 @@ def sample_rois(
     halves to even, as ``np.round`` does in Detectron's ``_sample_rois``.
 
     Proposals pass through ``tf.stop_gradient``, because the head treats them as
-    fixed boxes.
+    fixed boxes. All shapes inside are static, so the function runs under
+    ``tf.map_fn`` and compiles with XLA (``jit_compile=True``).
 
     Args:
         proposals: float32 (P, 4) normalized ``[ymin, xmin, ymax, xmax]``.
@@ -339,21 +340,59 @@ def sample_rois(
     low, high = background_iou
     background = valid & (best_iou >= low) & (best_iou < high) & tf.logical_not(foreground)
 
-    # Random draw: foreground first, background fills the rest.
-    foreground_indices = _sample_indices(foreground, max_foreground)
-    background_indices = _sample_indices(background, num_rois - tf.size(foreground_indices))
-    selected = tf.concat([foreground_indices, background_indices], axis=0)
-    is_foreground = tf.range(tf.size(selected)) < tf.size(foreground_indices)
+    # Random draw: foreground first, background fills the rest, padding after that.
+    selected, is_sampled, is_foreground = _draw_rois(foreground, background, max_foreground, num_rois)
+    candidates = tf.concat([candidates, tf.zeros([num_rois, 4])], axis=0)
+    matched = tf.concat([matched, tf.fill([num_rois], tf.shape(gt_boxes)[0])], axis=0)
+    rois = tf.where(is_sampled[:, None], tf.gather(candidates, selected), 0.0)
 
-    rois = tf.gather(candidates, selected)
     selected_gt = tf.gather(matched, selected)
     labels = tf.gather(tf.concat([gt_labels, [-1]], axis=0), selected_gt)
     classes = tf.where(is_foreground, labels + 1, 0)
-    box_targets = encode_boxes(tf.gather(targets, selected_gt), rois, variances)
-    box_targets = tf.where(is_foreground[:, None], box_targets, 0.0)
-    weights = tf.ones([tf.size(selected)], tf.float32)
 
-    return _pad_rois(num_rois, rois, classes, box_targets, weights)
+    # Padding rows get a unit box as reference, so that encoding never divides by 0.
+    reference = tf.where(is_sampled[:, None], rois, tf.constant([[0.0, 0.0, 1.0, 1.0]]))
+    box_targets = encode_boxes(tf.gather(targets, selected_gt), reference, variances)
+    box_targets = tf.where(is_foreground[:, None], box_targets, 0.0)
+    weights = tf.cast(is_sampled, tf.float32)
+    return rois, classes, box_targets, weights
+
+
+def _draw_rois(foreground, background, max_foreground, num_rois):
+    """Draw the rois of :func:`sample_rois` with static shapes only, so the graph compiles with XLA.
+
+    Every candidate gets a random key in [0, 1). The foreground draw takes the
+    ``max_foreground`` highest keys with all other candidates set to -1, and the
+    background draw the ``num_rois`` highest keys likewise. A draw with key -1 is
+    not sampled. A stable sort then moves the sampled draws to the front and keeps
+    foreground before background.
+
+    Args:
+        foreground: bool (N,), the foreground candidates.
+        background: bool (N,), the background candidates, disjoint from foreground.
+
+    Returns:
+        indices: int32 (num_rois,) into the N candidates followed by ``num_rois``
+            padding rows. Entries that are not sampled hold arbitrary valid indices.
+        is_sampled: bool (num_rois,), False for padding rows.
+        is_foreground: bool (num_rois,).
+    """
+    keys = tf.random.uniform(tf.shape(foreground))
+    # Padding with num_rois keys of -1 keeps top_k valid when N < num_rois.
+    padding = tf.fill([num_rois], -1.0)
+    foreground_keys = tf.concat([tf.where(foreground, keys, -1.0), padding], axis=0)
+    background_keys = tf.concat([tf.where(background, keys, -1.0), padding], axis=0)
+    foreground_values, foreground_indices = tf.math.top_k(foreground_keys, k=max_foreground)
+    background_values, background_indices = tf.math.top_k(background_keys, k=num_rois)
+
+    indices = tf.concat([foreground_indices, background_indices], axis=0)
+    is_sampled = tf.concat([foreground_values >= 0.0, background_values >= 0.0], axis=0)
+    is_foreground = tf.concat([tf.ones([max_foreground], tf.bool), tf.zeros([num_rois], tf.bool)], axis=0)
+
+    order = tf.argsort(tf.cast(is_sampled, tf.int32), direction="DESCENDING", stable=True)[:num_rois]
+    is_sampled = tf.gather(is_sampled, order)
+    is_foreground = tf.logical_and(tf.gather(is_foreground, order), is_sampled)
+    return tf.gather(indices, order), is_sampled, is_foreground
 
 
 def _validate_roi_sampling(num_rois, foreground_fraction, foreground_iou, background_iou):
@@ -367,18 +406,3 @@ def _validate_roi_sampling(num_rois, foreground_fraction, foreground_iou, backgr
     if len(background_iou) != 2 or not 0.0 <= background_iou[0] <= background_iou[1] <= 1.0:
         raise ValueError(f"Invalid background_iou={background_iou}: expected (low, high) with 0 <= low <= high <= 1.")
     return int(round(num_rois * foreground_fraction))
-
-
-def _pad_rois(num_rois, rois, classes, box_targets, weights):
-    """Pad the sampled rows with zeros up to ``num_rois`` and fix the static shapes."""
-    padding = num_rois - tf.shape(rois)[0]
-    rois = tf.pad(rois, [[0, padding], [0, 0]])
-    classes = tf.pad(classes, [[0, padding]])
-    box_targets = tf.pad(box_targets, [[0, padding], [0, 0]])
-    weights = tf.pad(weights, [[0, padding]])
-    return (
-        tf.ensure_shape(rois, [num_rois, 4]),
-        tf.ensure_shape(classes, [num_rois]),
-        tf.ensure_shape(box_targets, [num_rois, 4]),
-        tf.ensure_shape(weights, [num_rois]),
-    )

@@ -353,6 +353,33 @@ def test_rois_static_shapes_under_map_fn():
     assert (classes.numpy() > 0).sum(axis=1).tolist() == [2, 2]
 
 
+def test_rois_compile_with_xla():
+    # Keras 3 compiles train steps with XLA on GPU machines when jit_compile="auto" (the default).
+    rng = np.random.default_rng(7)
+    proposals = np.concatenate([near_gt(rng, 3), far_from_gt(rng, 3), np.zeros((2, 4), np.float32)])
+    compiled = tf.function(lambda *image: sample_rois(*image, num_rois=8), jit_compile=True)
+    rois, classes, targets, weights = [output.numpy() for output in compiled(proposals, GT, np.array([2], np.int32))]
+
+    np.testing.assert_array_equal(classes, [3, 3, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(weights, [1, 1, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(rois[5:], 0.0)
+    decoded = decode_boxes(targets[:2], rois[:2], DEFAULT_VARIANCES).numpy()
+    np.testing.assert_allclose(decoded, np.repeat(GT, 2, 0), atol=1e-5)
+
+
+def test_rois_without_candidates_are_padding():
+    rois, classes, targets, weights = sample(np.zeros((0, 4)), np.zeros((0, 4)), [], num_rois=4)
+    np.testing.assert_array_equal(weights, 0.0)
+    np.testing.assert_array_equal(classes, 0)
+    np.testing.assert_array_equal(rois, 0.0)
+    np.testing.assert_array_equal(targets, 0.0)
+
+    # A zero foreground fraction leaves only background, here none.
+    _, classes, _, weights = sample(GT, foreground_fraction=0.0, num_rois=4)
+    np.testing.assert_array_equal(classes, 0)
+    np.testing.assert_array_equal(weights, 0.0)
+
+
 def test_rois_invalid_settings_name_the_value():
     with pytest.raises(ValueError, match="num_rois=0"):
         sample(GT, num_rois=0)
