@@ -36,9 +36,16 @@ def _evaluate(args):
 
     result = evaluate_run(args.run_dir, args.data, args.split, args.runtime, args.tflite_variant)
     print(f"{result['data']} [{result['split']}], {result['images']} images, runtime {result['runtime']}")
-    print(f"mAP@0.5 = {result['map']:.4f}")
-    for name, ap in result["ap"].items():
-        print(f"  {name:<16} AP@0.5 = {ap:.4f}  ({result['num_ground_truths'][name]} ground truths)")
+    if "map" not in result:  # an RPN: proposal recall
+        print(f"proposal recall over {result['num_ground_truths']} ground truths "
+              f"({result['proposals_per_image_mean']:.0f} proposals per image on average):")
+        for key, value in result.items():
+            if key.startswith("recall@"):
+                print(f"  {key:<20} {value:.4f}")
+    else:
+        print(f"mAP@0.5 = {result['map']:.4f}")
+        for name, ap in result["ap"].items():
+            print(f"  {name:<16} AP@0.5 = {ap:.4f}  ({result['num_ground_truths'][name]} ground truths)")
     print(f"Saved in {os.path.join(args.run_dir, 'evaluation.json')}")
     return 0
 

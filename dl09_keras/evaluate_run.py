@@ -7,6 +7,8 @@ import logging
 import os
 import time
 
+import numpy as np
+
 from dl09_keras.atomic import write_json
 from dl09_keras.data import load_dataset
 from dl09_keras.data.sources import absolute_spec
@@ -37,9 +39,12 @@ def evaluate_run(run_dir: str, data: str | None, split: str, runtime: str = "ker
     metadata = run.read_metadata()
     data = absolute_spec(data) if data else metadata["data"]["source"]
     dataset = load_dataset(data, split, metadata["class_names"])
-    detector = Detector(open_runtime(run.path, runtime, tflite_variant), metadata["class_names"],
-                        score_threshold=EVALUATION_SCORE_THRESHOLD)
-    result = evaluate_detector(detector, dataset)
+    if metadata.get("task") == "rpn":
+        result = _evaluate_proposals(run, dataset)
+    else:
+        detector = Detector(open_runtime(run.path, runtime, tflite_variant), metadata["class_names"],
+                            score_threshold=EVALUATION_SCORE_THRESHOLD)
+        result = evaluate_detector(detector, dataset)
     runtime_name = runtime if runtime != "tflite" else f"tflite_{tflite_variant}"
     result.update(data=data, split=split, runtime=runtime_name, images=len(dataset),
                   skipped=dataset.skipped, evaluated=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -53,7 +58,37 @@ def evaluate_run(run_dir: str, data: str | None, split: str, runtime: str = "ker
     results[key] = result
     write_json(path, results)
     evaluations = metadata.get("evaluation", {})
-    evaluations[key] = {"map": result["map"], "ap": result["ap"]}
+    if "map" in result:
+        evaluations[key] = {"map": result["map"], "ap": result["ap"]}
+        logger.info("%s: mAP@0.5 %.4f", key, result["map"])
+    else:
+        evaluations[key] = {k: v for k, v in result.items() if k.startswith("recall@")}
+        logger.info("%s: proposal recall %s", key, evaluations[key])
     run.update_metadata(evaluation=evaluations)
-    logger.info("%s: mAP@0.5 %.4f", key, result["map"])
+    return result
+
+
+# Proposals per image for the recall of an RPN: (before NMS, after NMS).
+RECALL_TOP_N = (2000, 1000)
+
+
+def _evaluate_proposals(run: RunFolder, dataset) -> dict:
+    """Recall of an RPN run's top 100, 300 and 1,000 proposals at IoU 0.5 and 0.7 (Keras runtime)."""
+    from dl09_keras.evaluation import GroundTruth, proposal_recall
+    from dl09_keras.inference import KerasRuntime, read_image_bgr
+    from dl09_keras.models.faster_rcnn import FasterRCNNConfig, build_inference_model
+
+    config = FasterRCNNConfig.from_dict(run.read_metadata()["model"])
+    runtime = KerasRuntime(build_inference_model(run.load_training_model(), config, RECALL_TOP_N))
+    preprocess = Detector(runtime, ["object"]).preprocess
+
+    proposals, truths = [], []
+    for sample in dataset.samples:
+        image = read_image_bgr(sample.path) if sample.image is None else sample.image[..., ::-1]
+        scores, boxes = runtime(preprocess(image))
+        real = scores[0, :, 1] > 0  # rows past the surviving proposals are zero padding
+        proposals.append(boxes[0][real])
+        truths.append(GroundTruth(sample.boxes, sample.labels, sample.difficult))
+    result = proposal_recall(proposals, truths)
+    result["proposals_per_image_mean"] = float(np.mean([len(p) for p in proposals]))
     return result

@@ -151,3 +151,43 @@ def mean_average_precision(
         "iou_threshold": iou_threshold,
         "method": method,
     }
+
+
+def proposal_recall(
+    proposals: Sequence[np.ndarray],
+    ground_truths: Sequence[GroundTruth],
+    counts: Sequence[int] = (100, 300, 1000),
+    iou_thresholds: Sequence[float] = (0.5, 0.7),
+) -> dict[str, float]:
+    """Share of ground-truth boxes covered by an image's top proposals.
+
+    A ground truth counts as recalled at (n, t) when one of the first n
+    proposals of its image overlaps it with IoU >= t. Difficult boxes are left out.
+
+    Args:
+        proposals: per image, (P, 4) boxes sorted by falling objectness.
+        ground_truths: per image, its :class:`GroundTruth`.
+
+    Returns:
+        ``{"recall@N_iouT": value}`` for every count and threshold, plus
+        ``num_ground_truths``. With no ground truth at all, every recall is nan.
+    """
+    best = {n: [] for n in counts}
+    for boxes, truth in zip(proposals, ground_truths):
+        keep = ~np.asarray(truth.difficult, bool) if truth.difficult is not None else np.ones(len(truth.boxes), bool)
+        gt_boxes = np.asarray(truth.boxes, np.float64).reshape(-1, 4)[keep]
+        if len(gt_boxes) == 0:
+            continue
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        for n in counts:
+            top = boxes[:n]
+            iou = iou_matrix_np(gt_boxes, top) if len(top) else np.zeros((len(gt_boxes), 1))
+            best[n].append(iou.max(axis=1))
+
+    total = sum(len(v) for v in best[counts[0]]) if counts else 0
+    result = {"num_ground_truths": int(total)}
+    for n in counts:
+        values = np.concatenate(best[n]) if best[n] else np.zeros(0)
+        for t in iou_thresholds:
+            result[f"recall@{n}_iou{t}"] = float(np.mean(values >= t)) if len(values) else float("nan")
+    return result

@@ -108,5 +108,13 @@ class RunFolder:
         return keras.saving.load_model(self.model_path, safe_mode=True)
 
     def load_inference_model(self) -> keras.Model:
-        box_config = DefaultBoxConfig.from_dict(self.read_metadata()["model"]["box_config"])
+        """Build the inference model (image -> scores, boxes) of the run's detector from model.keras."""
+        metadata = self.read_metadata()
+        task = metadata.get("task", "ssd")
+        if task in ("rpn", "faster_rcnn"):
+            from dl09_keras.models.faster_rcnn import FasterRCNNConfig
+            from dl09_keras.models.faster_rcnn import build_inference_model as build_two_stage_inference
+
+            return build_two_stage_inference(self.load_training_model(), FasterRCNNConfig.from_dict(metadata["model"]))
+        box_config = DefaultBoxConfig.from_dict(metadata["model"]["box_config"])
         return build_inference_model(self.load_training_model(), box_config)

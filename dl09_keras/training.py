@@ -64,10 +64,10 @@ class TimeLimit(keras.callbacks.Callback):
 class MeanAveragePrecision(keras.callbacks.Callback):
     """Compute validation mAP@0.5 every ``every`` epochs and add it to the logs as ``val_map``."""
 
-    def __init__(self, dataset, box_config, every: int):
+    def __init__(self, dataset, build_inference, every: int):
         super().__init__()
         self.dataset = dataset
-        self.box_config = box_config
+        self.build_inference = build_inference
         self.every = every
 
     def on_epoch_end(self, epoch, logs=None):
@@ -77,7 +77,7 @@ class MeanAveragePrecision(keras.callbacks.Callback):
             # A value in every epoch keeps the column in history.csv, whose header the first epoch sets.
             logs["val_map"] = float("nan")
             return
-        runtime = KerasRuntime(build_inference_model(self.model, self.box_config))
+        runtime = KerasRuntime(self.build_inference(self.model))
         detector = Detector(runtime, self.dataset.class_names, score_threshold=0.01)
         result = evaluate_detector(detector, self.dataset, progress=False)
         logs["val_map"] = result["map"]
@@ -125,6 +125,76 @@ def choose_box_config(scales: str, train_dataset, feature_shapes, input_size) ->
     except ValueError:
         raise ValueError(f"Invalid --scales {scales!r}: expected 'auto' or MIN,MAX such as 0.1,0.9.") from None
     return DefaultBoxConfig(min_scale=low, max_scale=high)
+
+
+@dataclasses.dataclass
+class Recipe:
+    """The model-specific parts of a training run; everything else is shared by every detector.
+
+    Args:
+        task: "ssd", "rpn" or "faster_rcnn", stored as ``task`` in metadata.json.
+        model: the compiled-to-be training model.
+        config: the model's config object (``to_dict`` goes to metadata.json).
+        anchors: the anchor or default-box facts for metadata.json.
+        encoder: turns one image's boxes (N, 4) and labels (N,) into its target.
+        loss: the Keras loss, or a dict of losses per output.
+        build_inference: training model -> inference model (image -> scores, boxes).
+        make_example: (image, boxes, labels) -> (x, y) for the pipeline; None for (image, encoder(boxes, labels)).
+    """
+
+    task: str
+    model: keras.Model
+    config: object
+    anchors: dict
+    encoder: object
+    loss: object
+    build_inference: object
+    make_example: object = None
+
+
+def augment_settings(args) -> AugmentConfig:
+    """Return the augmentation chosen by ``--no-zoom-out`` and ``--no-augment``."""
+    if args.no_augment:
+        return AugmentConfig(photometric=False, zoom_out_probability=0.0, crop=False, flip_probability=0.0)
+    if args.no_zoom_out:
+        # The probability is 0 as well, so that metadata.json lists no zoom-out that never runs.
+        return AugmentConfig(zoom_out_probability=0.0, zoom_out_max=1.0)
+    return AugmentConfig(zoom_out_max=4.0)
+
+
+def ssd_recipe(args, train_data) -> Recipe:
+    """Build the SSD, fit its default boxes to the training boxes and make its target encoder."""
+    ssd_config = SSDConfig(
+        num_classes=train_data.num_classes,
+        input_size=args.input_size,
+        backbone=args.backbone,
+        width=args.width,
+        num_maps=args.num_maps,
+        neck=args.neck,
+        neck_channels=args.neck_channels,
+    )
+    model = build_ssd(ssd_config)
+    shapes = feature_shapes(model)
+    box_config = choose_box_config(args.scales, train_data, shapes, ssd_config.input_size)
+    ssd_config.box_config = box_config
+    anchors = default_boxes(shapes, ssd_config.input_size, box_config)
+    coverage = match_coverage([s.boxes for s in train_data.samples], anchors)
+    logger.info(
+        "%d default boxes on feature maps %s; %.1f%% of the training boxes have one with IoU >= 0.5",
+        len(anchors), shapes, 100 * coverage,
+    )
+    anchor_facts = {
+        "config": box_config.to_dict(),
+        "feature_shapes": [list(s) for s in shapes],
+        "num_default_boxes": int(len(anchors)),
+        "train_coverage_iou_0.5": round(float(coverage), 4),
+        "order": "feature map, then cell row-major, then box (aspect ratios, then the extra box)",
+    }
+    return Recipe(
+        task="ssd", model=model, config=ssd_config, anchors=anchor_facts,
+        encoder=TargetEncoder(anchors, box_config.variances), loss=SSDLoss(),
+        build_inference=lambda trained: build_inference_model(trained, box_config),
+    )
 
 
 def _check_run_folder(args) -> RunFolder:
@@ -183,39 +253,22 @@ def train(args: argparse.Namespace) -> RunFolder:
     if val_data is not None:
         logger.info("Validation data: %s", val_data.describe())
 
-    ssd_config = SSDConfig(
-        num_classes=train_data.num_classes,
-        input_size=args.input_size,
-        backbone=args.backbone,
-        width=args.width,
-        num_maps=args.num_maps,
-        neck=args.neck,
-        neck_channels=args.neck_channels,
-    )
-    model = build_ssd(ssd_config)
-    shapes = feature_shapes(model)
-    box_config = choose_box_config(args.scales, train_data, shapes, ssd_config.input_size)
-    ssd_config.box_config = box_config
-    anchors = default_boxes(shapes, ssd_config.input_size, box_config)
-    coverage = match_coverage([s.boxes for s in train_data.samples], anchors)
-    logger.info(
-        "%d default boxes on feature maps %s; %.1f%% of the training boxes have one with IoU >= 0.5",
-        len(anchors), shapes, 100 * coverage,
-    )
+    if args.model == "ssd":
+        recipe = ssd_recipe(args, train_data)
+    else:
+        from dl09_keras.training_rcnn import two_stage_recipe
 
-    encoder = TargetEncoder(anchors, box_config.variances)
-    max_side = args.max_side or 2 * max(ssd_config.input_size)
-    augment_config = AugmentConfig(zoom_out_max=4.0)
-    if args.no_zoom_out:
-        # The probability is 0 as well, so that metadata.json lists no zoom-out that never runs.
-        augment_config = AugmentConfig(zoom_out_probability=0.0, zoom_out_max=1.0)
-    if args.no_augment:
-        augment_config = AugmentConfig(photometric=False, zoom_out_probability=0.0, crop=False, flip_probability=0.0)
+        recipe = two_stage_recipe(args, train_data)
+    model = recipe.model
+    max_side = args.max_side or 2 * max(args.input_size)
+    augment_config = augment_settings(args)
     train_pipe = training_pipeline(
-        train_data, encoder, ssd_config.input_size, args.batch_size, augment_config, max_side, seed=args.seed
+        train_data, recipe.encoder, args.input_size, args.batch_size, augment_config, max_side, seed=args.seed,
+        make_example=recipe.make_example,
     )
     val_pipe = (
-        validation_pipeline(val_data, encoder, ssd_config.input_size, args.batch_size, max_side)
+        validation_pipeline(val_data, recipe.encoder, args.input_size, args.batch_size, max_side,
+                            make_example=recipe.make_example)
         if val_data is not None else None
     )
 
@@ -228,24 +281,18 @@ def train(args: argparse.Namespace) -> RunFolder:
     )
     options = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
     optimizer = get_optimizer(args.optimizer, schedule, **options)
-    loss = SSDLoss()
+    loss = recipe.loss
     model.compile(optimizer=optimizer, loss=loss)
 
     metadata = {
         "format_version": METADATA_VERSION,
         "status": "training",
-        "task": "ssd",
+        "task": recipe.task,
         "class_names": train_data.class_names,
-        "input_size": list(ssd_config.input_size),
+        "input_size": list(args.input_size),
         "preprocessing": PREPROCESSING,
-        "model": ssd_config.to_dict(),
-        "anchors": {
-            "config": box_config.to_dict(),
-            "feature_shapes": [list(s) for s in shapes],
-            "num_default_boxes": int(len(anchors)),
-            "train_coverage_iou_0.5": round(float(coverage), 4),
-            "order": "feature map, then cell row-major, then box (aspect ratios, then the extra box)",
-        },
+        "model": recipe.config.to_dict(),
+        "anchors": recipe.anchors,
         "data": {
             "source": args.data,
             "train_split": args.train_split,
@@ -264,7 +311,8 @@ def train(args: argparse.Namespace) -> RunFolder:
             "optimizer_config": keras.optimizers.serialize(optimizer)["config"] | {"learning_rate": "warmup_cosine"},
             "learning_rate": {"schedule": "linear warm-up, then cosine decay", "peak": args.learning_rate,
                               "warmup_epochs": args.warmup_epochs},
-            "loss": loss.get_config(),
+            "loss": {name: item.get_config() for name, item in loss.items()} if isinstance(loss, dict)
+            else loss.get_config(),
             "augmentation": dataclasses.asdict(augment_config),
             "seed": args.seed,
         },
@@ -287,7 +335,7 @@ def train(args: argparse.Namespace) -> RunFolder:
         keras.callbacks.TensorBoard(run.file("logs"), update_freq="epoch"),
     ]
     if val_data is not None and args.map_every:
-        callbacks.append(MeanAveragePrecision(val_data, box_config, args.map_every))
+        callbacks.append(MeanAveragePrecision(val_data, recipe.build_inference, args.map_every))
     if args.stop_at_map is not None:
         callbacks.append(StopAtMeanAveragePrecision(args.stop_at_map))
     if time_limit:
@@ -323,7 +371,7 @@ def train(args: argparse.Namespace) -> RunFolder:
         raise RuntimeError(f"Training of {run.path} completed no epoch: check --epochs ({args.epochs}).")
     AtomicBackupAndRestore.mark_training_ended(run.file("backup"))
 
-    inference_model = build_inference_model(model, box_config)
+    inference_model = recipe.build_inference(model)
     with atomic_path(run.saved_model_path) as temporary:
         inference_model.export(temporary, format="tf_saved_model", verbose=False)
 

@@ -89,10 +89,14 @@ def training_pipeline(
     max_side: Optional[int] = None,
     shuffle: bool = True,
     seed: Optional[int] = None,
+    make_example=None,
 ) -> tf.data.Dataset:
     """Build the endless, augmented training pipeline of full batches.
 
     Pass ``steps_per_epoch=len(dataset) // batch_size`` to ``model.fit``.
+    ``make_example(image, boxes, labels) -> (x, y)`` replaces the default
+    ``(image, encoder(boxes, labels))``, e.g. for a model that also takes the
+    ground truth as input.
     """
     if len(dataset) < batch_size:
         raise ValueError(
@@ -104,11 +108,13 @@ def training_pipeline(
     if shuffle:
         ds = ds.shuffle(len(dataset), seed=seed, reshuffle_each_iteration=True)
 
+    make_example = make_example or (lambda image, boxes, labels: (image, encoder(boxes, labels)))
+
     def prepare(sample):
         image, boxes, labels = augment(
             sample["image"], sample["boxes"], sample["labels"], input_size, augment_config
         )
-        return image, encoder(boxes, labels)
+        return make_example(image, boxes, labels)
 
     # Endless: model.fit takes len(dataset) // batch_size steps per epoch.
     ds = ds.repeat().map(prepare, num_parallel_calls=AUTOTUNE)
@@ -121,17 +127,19 @@ def validation_pipeline(
     input_size,
     batch_size: int,
     max_side: Optional[int] = None,
+    make_example=None,
 ) -> tf.data.Dataset:
     """Build the endless pipeline for the validation loss: resize only, no augmentation.
 
     Pass ``validation_steps=ceil(len(dataset) / batch_size)`` to ``model.fit``; the
-    last batch of a pass may be partial.
+    last batch of a pass may be partial. ``make_example`` is as in :func:`training_pipeline`.
     """
     input_size = tuple(int(v) for v in input_size)
+    make_example = make_example or (lambda image, boxes, labels: (image, encoder(boxes, labels)))
 
     def prepare(sample):
         image = resize_for_model(sample["image"], input_size)
-        return image, encoder(sample["boxes"], sample["labels"])
+        return make_example(image, sample["boxes"], sample["labels"])
 
     ds = sample_dataset(dataset, max_side).map(prepare, num_parallel_calls=AUTOTUNE)
     return ds.batch(batch_size).repeat().prefetch(AUTOTUNE)
