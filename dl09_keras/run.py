@@ -99,7 +99,11 @@ class RunFolder:
         return SSDConfig.from_dict(self.read_metadata()["model"])
 
     def class_names(self) -> list[str]:
-        return list(self.read_metadata()["class_names"])
+        """Return the names of the labels the run's detector outputs: the dataset's classes, or "object" for an RPN."""
+        metadata = self.read_metadata()
+        if metadata.get("task") == "rpn":
+            return ["object"]
+        return list(metadata["class_names"])
 
     def load_training_model(self) -> keras.Model:
         """Load model.keras in safe mode (the custom objects are registered by dl09_keras)."""

@@ -311,9 +311,6 @@ def build_faster_rcnn(config: FasterRCNNConfig) -> keras.Model:
     feature = _backbone_feature(config, image)
     rpn = _rpn_head(config, feature)
     if config.model == "rpn":
-        # The proposal layer is built here too, so the inference model finds it.
-        objectness, offsets = SplitRPNOutputs(name="rpn_split")(rpn)
-        _proposal_layer(config, feature)(objectness, offsets)
         return keras.Model(image, {"rpn": rpn}, name=f"rpn_{config.backbone}")
 
     gt_boxes = keras.Input((None, 4), name="gt_boxes")
@@ -345,11 +342,11 @@ def build_inference_model(model: keras.Model, config: FasterRCNNConfig, test_top
     image = inputs["image"] if isinstance(inputs, dict) else inputs
     feature = model.get_layer("rpn_conv").input
     rpn = model.get_layer("rpn").output
-    objectness, offsets = model.get_layer("rpn_split")(rpn)
-    proposal_layer = model.get_layer("proposals")
+    # Both layers have no weights, so new ones equal those of the training model.
+    objectness, offsets = SplitRPNOutputs(name="rpn_split")(rpn)
     if test_top_n is not None:
-        proposal_layer = _proposal_layer(dataclasses.replace(config, test_top_n=tuple(test_top_n)), feature)
-    proposals, proposal_scores = proposal_layer(objectness, offsets)
+        config = dataclasses.replace(config, test_top_n=tuple(test_top_n))
+    proposals, proposal_scores = _proposal_layer(config, feature)(objectness, offsets)
 
     if config.model == "rpn":
         scores = RPNScores(name="rpn_scores")(proposal_scores)
