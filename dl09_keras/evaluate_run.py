@@ -74,12 +74,19 @@ RECALL_TOP_N = (2000, 1000)
 
 def _evaluate_proposals(run: RunFolder, dataset) -> dict:
     """Recall of an RPN run's top 100, 300 and 1,000 proposals at IoU 0.5 and 0.7 (Keras runtime)."""
-    from dl09_keras.evaluation import GroundTruth, proposal_recall
-    from dl09_keras.inference import KerasRuntime, read_image_bgr
-    from dl09_keras.models.faster_rcnn import FasterRCNNConfig, build_inference_model
+    from dl09_keras.models.faster_rcnn import FasterRCNNConfig
 
     config = FasterRCNNConfig.from_dict(run.read_metadata()["model"])
-    runtime = KerasRuntime(build_inference_model(run.load_training_model(), config, RECALL_TOP_N))
+    return evaluate_proposals(run.load_training_model(), config, dataset)
+
+
+def evaluate_proposals(model, config, dataset) -> dict:
+    """Measure the proposal recall of an RPN training ``model`` on ``dataset`` (see :func:`proposal_recall`)."""
+    from dl09_keras.evaluation import GroundTruth, proposal_recall
+    from dl09_keras.inference import KerasRuntime, read_image_bgr
+    from dl09_keras.models.faster_rcnn import build_inference_model
+
+    runtime = KerasRuntime(build_inference_model(model, config, RECALL_TOP_N))
     preprocess = Detector(runtime, ["object"]).preprocess
 
     proposals, truths = [], []

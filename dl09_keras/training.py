@@ -240,6 +240,9 @@ def train(args: argparse.Namespace) -> RunFolder:
     get_optimizer(args.optimizer, 1e-3)
     if args.scales != "auto":
         choose_box_config(args.scales, None, None, None)
+    if args.model == "rpn" and (args.map_every or args.stop_at_map is not None):
+        raise ValueError("--map-every and --stop-at-map need class detections: an RPN is measured by its "
+                         "proposal recall, which train.py reports at the end for --val-split.")
     if args.stop_at_map is not None and not (args.val_split and args.map_every):
         raise ValueError("--stop-at-map needs --val-split and --map-every N to compute the validation mAP.")
     # The run folder records an absolute path, so export and evaluate work from any directory.
@@ -385,7 +388,14 @@ def train(args: argparse.Namespace) -> RunFolder:
             "final_loss": float(rows[-1]["loss"]),
         },
     }
-    if val_data is not None:
+    if val_data is not None and recipe.task == "rpn":
+        from dl09_keras.evaluate_run import evaluate_proposals
+
+        result = evaluate_proposals(model, recipe.config, val_data)
+        recall = {k: v for k, v in result.items() if k.startswith("recall@")}
+        updates["evaluation"] = {f"{args.data} [{args.val_split}] keras": recall | {"when": "end of training"}}
+        logger.info("Validation proposal recall on %s: %s", args.val_split, recall)
+    elif val_data is not None:
         detector = Detector(KerasRuntime(inference_model), train_data.class_names, score_threshold=0.01)
         result = evaluate_detector(detector, val_data)
         result.update(data=args.data, split=args.val_split, runtime="keras", images=len(val_data))

@@ -220,17 +220,27 @@ def test_faster_rcnn_evaluate_reports_map(tiny_rcnn_run):
 def test_rpn_run_evaluates_proposal_recall(tmp_path):
     run_dir = str(tmp_path / "rpn")
     run_cli(
-        "train", "--model", "rpn", "--data", "shapes", "--train-split", "val", "--input-size", "64",
-        "--width", "0.25", "--rpn-channels", "16", "--epochs", "1", "--batch-size", "16",
+        "train", "--model", "rpn", "--data", "shapes", "--train-split", "val", "--val-split", "test",
+        "--input-size", "64", "--width", "0.25", "--rpn-channels", "16", "--epochs", "1", "--batch-size", "16",
         "--rpn-normalization", "paper", "--run-dir", run_dir, "--verbose", "2",
     )
+    metadata = json.load(open(os.path.join(run_dir, "metadata.json")))
+    assert metadata["training"]["loss"]["rpn"]["normalization"] == "paper"
+    at_end = metadata["evaluation"]["shapes [test] keras"]
+    assert at_end["when"] == "end of training"
+
     completed = run_cli("evaluate", run_dir, "--split", "test")
     assert "proposal recall over 385 ground truths" in completed.stdout
     evaluation = json.load(open(os.path.join(run_dir, "evaluation.json")))
-    result = next(iter(evaluation.values()))
+    result = evaluation["shapes [test] keras"]
     for count in (100, 300, 1000):
         assert 0.0 <= result[f"recall@{count}_iou0.5"] <= 1.0
     # More proposals never lower the recall.
     assert result["recall@100_iou0.5"] <= result["recall@300_iou0.5"] <= result["recall@1000_iou0.5"]
-    metadata = json.load(open(os.path.join(run_dir, "metadata.json")))
-    assert metadata["training"]["loss"]["rpn"]["normalization"] == "paper"
+    assert at_end["recall@300_iou0.5"] == result["recall@300_iou0.5"]
+
+
+def test_rpn_rejects_map_options():
+    completed = run_cli("train", "--model", "rpn", "--data", "shapes", "--map-every", "2", check=False)
+    assert completed.returncode == 2
+    assert "an RPN is measured by its proposal recall" in completed.stderr
