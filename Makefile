@@ -24,7 +24,8 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
-# Trains on BCCD and Aquarium, exports, evaluates, times every runtime and the optimizers (about 100 minutes on 2 cores).
+# Trains the SSD on BCCD and Aquarium and the RPN and Faster R-CNN on BCCD, exports, evaluates, and times
+# every runtime and the optimizers (an estimate: about 150 minutes on 2 cores).
 bench: $(STAMP)
 	SHARED=$(SHARED) ./scripts/benchmarks.sh
 

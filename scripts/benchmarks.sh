@@ -2,7 +2,8 @@
 # Reproduce the figures of docs/benchmarks.md: train on BCCD and Aquarium, evaluate on their
 # test splits, export, check parity, evaluate the int8 model, time every runtime, and time and
 # compare the optimizers.
-# Usage: SHARED=../shared scripts/benchmarks.sh [bccd|aquarium|runtimes|optimizers ...] (default: all four)
+# Usage: SHARED=../shared scripts/benchmarks.sh [bccd|aquarium|runtimes|optimizers|two-stage ...]
+# (default: all five)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
@@ -11,7 +12,7 @@ AQUARIUM=$SHARED/datasets/aquarium
 OUT=${OUT:-runs/bench}
 BIN=.venv/bin
 mkdir -p "$OUT"
-steps=${*:-bccd aquarium runtimes optimizers}
+steps=${*:-bccd aquarium runtimes optimizers two-stage}
 
 timed() {  # timed NAME COMMAND...: run, keep the log, record wall and CPU seconds
   local name=$1; shift
@@ -62,7 +63,26 @@ for step in $steps; do
     timed optimizers-step-time $BIN/dl09 optimizers step-time --rounds 15 --output "$OUT/optimizer-step-time"
     timed optimizers-compare $BIN/dl09 optimizers compare --output "$OUT/optimizer-comparison"
     ;;
-  *) echo "Invalid step $step: choose bccd, aquarium, runtimes or optimizers." >&2; exit 2 ;;
+  two-stage)
+    rm -rf "$OUT/bccd_rpn" "$OUT/bccd_faster_rcnn"
+    timed bccd-rpn-train $BIN/python train.py --model rpn --data "voc:$BCCD" --train-split trainval \
+      --val-split test --input-size 288x384 --width 0.5 --epochs 30 --run-dir "$OUT/bccd_rpn" --verbose 2
+    timed bccd-rpn-evaluate $BIN/dl09 evaluate "$OUT/bccd_rpn" --data "voc:$BCCD" --split test
+    timed bccd-faster-rcnn-train $BIN/python train.py --model faster_rcnn --data "voc:$BCCD" \
+      --train-split trainval --val-split test --input-size 288x384 --width 0.5 --epochs 50 --map-every 10 \
+      --run-dir "$OUT/bccd_faster_rcnn" --verbose 2
+    timed bccd-faster-rcnn-evaluate $BIN/dl09 evaluate "$OUT/bccd_faster_rcnn" --data "voc:$BCCD" --split test
+    mkdir -p "$OUT/bccd-test-images"
+    for name in $(cat "$BCCD/BCCD/ImageSets/Main/test.txt"); do
+      cp "$BCCD/BCCD/JPEGImages/$name.jpg" "$OUT/bccd-test-images/"
+    done
+    for run in bccd_rpn bccd_faster_rcnn; do
+      timed "$run-export" $BIN/python -m export "$OUT/$run" --to onnx tflite
+      timed "$run-bench" $BIN/dl09 bench "$OUT/$run" --source "$OUT/bccd-test-images" --frames 72 \
+        --threads 2 --output "$OUT/bench-$run.json"
+    done
+    ;;
+  *) echo "Invalid step $step: choose bccd, aquarium, runtimes, optimizers or two-stage." >&2; exit 2 ;;
   esac
 done
 echo "Logs and results in $OUT"
