@@ -82,6 +82,8 @@ def two_stage_recipe(args, train_data) -> Recipe:
         backbone=args.backbone,
         width=args.width,
         feature_stride=args.feature_stride,
+        neck=args.neck,
+        neck_channels=args.neck_channels,
         rpn_channels=args.rpn_channels,
         anchor_config=anchor_config,
     )

@@ -56,6 +56,14 @@ def test_training_model_outputs_and_head_loss():
     assert float(model.losses[0]) > 0
 
 
+def test_fpn_neck_feeds_the_shared_map():
+    model = build_faster_rcnn(FasterRCNNConfig(**TINY, feature_stride=8, neck="fpn", neck_channels=24))
+    assert model.get_layer("rpn_conv").input.shape[1:] == (8, 12, 24)
+    assert model.get_layer("fpn_add_0") is not None
+    with pytest.raises(ValueError, match="Unknown neck 'bifpn'"):
+        FasterRCNNConfig(num_classes=2, neck="bifpn")
+
+
 def test_inference_models_output_the_ssd_format():
     config = FasterRCNNConfig(**TINY)
     image = tiny_batch()["image"]

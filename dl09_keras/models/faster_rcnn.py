@@ -39,6 +39,8 @@ from dl09_keras.layers import ProposalLayer, ROIMaxPooling
 from dl09_keras.losses import FastRCNNLoss
 from dl09_keras.matching import sample_rois
 from dl09_keras.models.backbones import BACKBONES, build_backbone
+from dl09_keras.models.ssd import fpn_neck
+from dl09_keras.training_args import NECKS
 
 MODELS = ("rpn", "faster_rcnn")
 FEATURE_STRIDES = (8, 16, 32)
@@ -56,6 +58,9 @@ class FasterRCNNConfig:
         backbone: one of ``BACKBONES``. Default "resnet".
         width: channel multiplier of the backbone. Default 1.0.
         feature_stride: stride of the shared feature map, 8, 16 or 32. Default 16.
+        neck: "none" or "fpn": merge the coarser backbone maps into the shared one
+            top-down first, as the SSD's FPN neck does. Default "none".
+        neck_channels: channels of the shared map after the FPN neck. Default 96.
         rpn_channels: channels of the RPN's 3 x 3 layer (512 in the paper). Default 256.
         anchor_config: anchor sizes and aspect ratios.
         train_top_n: proposals (before NMS, after NMS) per image in training. Default (1000, 256).
@@ -73,6 +78,8 @@ class FasterRCNNConfig:
     backbone: str = "resnet"
     width: float = 1.0
     feature_stride: int = 16
+    neck: str = "none"
+    neck_channels: int = 96
     rpn_channels: int = 256
     anchor_config: RPNAnchorConfig = dataclasses.field(default_factory=RPNAnchorConfig)
     train_top_n: tuple[int, int] = (1000, 256)
@@ -97,6 +104,8 @@ class FasterRCNNConfig:
             raise ValueError(f"Invalid input_size={self.input_size}: expected (height, width), each >= 64.")
         if self.backbone not in BACKBONES:
             raise ValueError(f"Unknown backbone {self.backbone!r}: choose one of {BACKBONES}.")
+        if self.neck not in NECKS:
+            raise ValueError(f"Unknown neck {self.neck!r}: choose one of {NECKS}.")
         if self.feature_stride not in FEATURE_STRIDES:
             raise ValueError(f"Invalid feature_stride={self.feature_stride}: choose one of {FEATURE_STRIDES}.")
 
@@ -257,7 +266,9 @@ class DecodeFasterRCNN(keras.layers.Layer):
 
 def _backbone_feature(config: FasterRCNNConfig, image):
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_unit_range")(image)
-    maps = build_backbone(config.backbone, x, config.width, num_maps=4)
+    maps = build_backbone(config.backbone, x, config.width, num_maps=4)[: len(FEATURE_STRIDES)]
+    if config.neck == "fpn":
+        maps = fpn_neck(maps, config.neck_channels)
     return maps[FEATURE_STRIDES.index(config.feature_stride)]
 
 
