@@ -89,6 +89,26 @@ def is_inside(root: str, path: str) -> bool:
     return os.path.commonpath([root, path]) == root
 
 
+def check_image(root: Optional[str], image_path: str, where: str, report: DataReport):
+    """Inspect an image file that must lie inside ``root``; return its ImageInfo, or None when it is skipped.
+
+    Args:
+        root: the dataset folder, or None when the path was built by the reader itself.
+        image_path: the image file.
+        where: the annotation that names the image, for the report.
+    """
+    from dl09_keras.data.images import ImageProblem, inspect_image
+
+    if root is not None and not is_inside(root, image_path):
+        report.skip("image outside the dataset folder", where, f"{image_path} is a link that leaves {root}")
+        return None
+    try:
+        return inspect_image(image_path)
+    except ImageProblem as problem:
+        report.skip(problem.reason, image_path, problem.detail)
+        return None
+
+
 def check_corners(corners, where: str, report: DataReport, swapped_is_error=False) -> Optional[np.ndarray]:
     """Validate one box and return it in the library's convention, or None when it is skipped.
 

@@ -18,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dl09_keras.data.dataset import DetectionDataset, Sample
-from dl09_keras.data.images import IMAGE_EXTENSIONS, ImageInfo, ImageProblem, inspect_image
-from dl09_keras.data.report import DataReport, check_corners, is_inside
+from dl09_keras.data.images import IMAGE_EXTENSIONS, ImageInfo
+from dl09_keras.data.report import DataReport, check_corners, check_image
 
 logger = logging.getLogger(__name__)
 
@@ -161,13 +161,8 @@ def _read_sample(root, stem, class_index, report: DataReport) -> Optional[Sample
     if image_path is None:
         report.skip("annotation without image", xml_path, f"tried {candidates[0]}")
         return None
-    if not is_inside(root, image_path):
-        report.skip("image outside the dataset folder", xml_path, f"{image_path} is a link that leaves {root}")
-        return None
-    try:
-        info = inspect_image(image_path)
-    except ImageProblem as problem:
-        report.skip(problem.reason, image_path, problem.detail)
+    info = check_image(root, image_path, xml_path, report)
+    if info is None:
         return None
 
     _check_size_element(tree, xml_path, info, report)

@@ -16,8 +16,8 @@ import yaml
 from tqdm import tqdm
 
 from dl09_keras.data.dataset import DetectionDataset, Sample
-from dl09_keras.data.images import IMAGE_EXTENSIONS, ImageProblem, inspect_image
-from dl09_keras.data.report import DataReport, check_corners, is_inside
+from dl09_keras.data.images import IMAGE_EXTENSIONS
+from dl09_keras.data.report import DataReport, check_corners, check_image
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +105,8 @@ def _parse_label_file(label_path, class_names, report: DataReport):
 
 def _read_sample(path, image_path, label_path, class_names, report: DataReport) -> Optional[Sample]:
     """Read one image and its label file, or return None with the reason in ``report``."""
-    if not is_inside(path, image_path):
-        report.skip("image outside the dataset folder", image_path, f"a link that leaves {path}")
-        return None
-    try:
-        info = inspect_image(image_path)
-    except ImageProblem as problem:
-        report.skip(problem.reason, image_path, problem.detail)
+    info = check_image(path, image_path, image_path, report)
+    if info is None:
         return None
 
     boxes, labels = [], []
