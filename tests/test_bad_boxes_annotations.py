@@ -254,6 +254,7 @@ def test_coco_reader_converts_and_counts_defects(tmp_path):
         {"id": 16, "image_id": 3, "category_id": 1, "bbox": [20, 10, 100, 50]},   # image file missing
     ]
     write_coco(str(tmp_path), images, annotations)
+
     dataset = load_dataset(f"coco:{tmp_path}", "train")
     assert dataset.class_names == ["cat", "dog"]  # the placeholder supercategory is left out
     assert len(dataset) == 2
@@ -262,6 +263,7 @@ def test_coco_reader_converts_and_counts_defects(tmp_path):
     np.testing.assert_array_equal(first.labels, [0, 1])
     np.testing.assert_array_equal(first.difficult, [False, True])
     assert dataset.samples[1].boxes.shape == (0, 4)
+
     assert dataset.skipped == {
         "annotation of an unknown image id": 1,
         "annotation without image": 1,

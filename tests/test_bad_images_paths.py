@@ -98,7 +98,7 @@ def test_exif_orientation_matches_the_displayed_view(tmp_path, orientation):
     np.testing.assert_array_equal(pixels, shown)
 
 
-def test_exif_rotated_photo_keeps_boxes_on_the_rotated_view(tmp_path):
+def test_exif_photo_boxes_use_rotated_view(tmp_path):
     # Stored 100 wide and 60 high; orientation 6 shows it 60 wide and 100 high.
     root = tmp_path / "voc"
     (root / "JPEGImages").mkdir(parents=True)
@@ -191,7 +191,7 @@ def test_voc_filename_outside_the_root_is_never_followed(tmp_path):
     assert dataset.skipped == {"annotation without image": 1}
 
 
-def test_coco_file_name_outside_the_root_is_never_read(tmp_path, monkeypatch):
+def test_coco_outside_path_never_read(tmp_path, monkeypatch):
     import json
 
     outside = tmp_path / "secret.jpg"

@@ -107,7 +107,7 @@ def test_decode_matches_a_numpy_reference():
             np.testing.assert_allclose(scores[0, row], expected_scores, atol=1e-6)
 
 
-def test_fit_lowers_the_loss_and_reloads_in_a_fresh_process(tmp_path):
+def test_fit_lowers_loss_and_reloads(tmp_path):
     from dl09_keras.losses import RPNLoss
     from dl09_keras.matching import RPNTargetEncoder
     from dl09_keras.anchors import rpn_anchors

@@ -43,7 +43,7 @@ class ImageProblem(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ImageInfo:
-    """What the pipeline needs to know about an image file.
+    """Size, EXIF orientation and decode ratio of an image file, as the pipeline uses them.
 
     Args:
         width, height: size in pixels of the view the boxes refer to, i.e. after

@@ -1,6 +1,6 @@
 """The record of every defect a reader finds, and the box checks every reader shares.
 
-Each defect gets one of three outcomes, so that nothing is lost silently:
+Each defect gets one of three outcomes, and every one is logged and counted:
 
 - ``skipped``: the box or image is left out, with a counted reason;
 - ``repaired``: the value is fixed (a box clipped to the image, min and max

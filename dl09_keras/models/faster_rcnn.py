@@ -218,10 +218,10 @@ class HeadLoss(keras.layers.Layer):
 class DecodeFasterRCNN(keras.layers.Layer):
     """Turn head outputs into per-class scores and boxes in the SSD's output format.
 
-    Each ROI r and class c becomes one row, ``r * C + c``: its score row contains
-    the softmax probability of class c in column ``c + 1`` and zeros elsewhere
-    (column 0 is the rest), and its box is the ROI refined by class c's offsets,
-    clipped to the image. The shared per-class NMS then treats every row as a
+    Each ROI r and class c becomes one row, ``r * C + c``. Its score row contains
+    the softmax probability of class c in column ``c + 1``, one minus it in column 0,
+    and zeros elsewhere. Its box is the ROI refined by class c's offsets, clipped to
+    the image. The shared per-class NMS then treats every row as a
     candidate of one class, which is Faster R-CNN's per-class NMS.
 
     Call:
