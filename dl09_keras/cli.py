@@ -34,7 +34,7 @@ def _train(args):
 def _evaluate(args):
     from dl09_keras.evaluate_run import evaluate_run
 
-    result = evaluate_run(args.run_dir, args.data, args.split, args.runtime, args.tflite_variant)
+    result = evaluate_run(args.run_dir, args.data, args.split, args.runtime, args.tflite_variant, plots=args.plots)
     print(f"{result['data']} [{result['split']}], {result['images']} images, runtime {result['runtime']}")
     if "map" not in result:  # an RPN: proposal recall
         print(f"proposal recall over {result['num_ground_truths']} ground truths "
@@ -47,6 +47,8 @@ def _evaluate(args):
         for name, ap in result["ap"].items():
             print(f"  {name:<16} AP@0.5 = {ap:.4f}  ({result['num_ground_truths'][name]} ground truths)")
     print(f"Saved in {os.path.join(args.run_dir, 'evaluation.json')}")
+    for path in result.get("plots", []):
+        print(f"Wrote {path}")
     return 0
 
 
@@ -178,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "Default: test.")
     evaluate.add_argument("--runtime", choices=RUNTIMES, default="keras", help="Default: keras.")
     evaluate.add_argument("--tflite-variant", choices=TFLITE_VARIANTS, default="fp32")
+    evaluate.add_argument("--plots", action="store_true",
+                          help="also write PR curves per class, the confusion table and a gallery of the worst "
+                               "images into RUN_DIR/plots/ (detectors only, not an RPN).")
     evaluate.set_defaults(handler=_evaluate)
 
     export = commands.add_parser("export", help="convert a run to ONNX and TFLite (same as python -m export).")
