@@ -15,7 +15,7 @@ long as detections and ground truths share it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -55,6 +55,15 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "
     precision = np.maximum.accumulate(precision[::-1])[::-1]
     steps = np.nonzero(recall[1:] != recall[:-1])[0]
     return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
+
+
+def check_same_images(detections: Sequence, ground_truths: Sequence):
+    """Raise ValueError unless there is one entry of detections per entry of ground truth."""
+    if len(detections) != len(ground_truths):
+        raise ValueError(
+            f"Got detections for {len(detections)} images but ground truth for {len(ground_truths)}: "
+            "pass one entry of each per image, in the same order."
+        )
 
 
 def match_class(detections, ground_truths, class_id, iou_threshold=0.5):
@@ -106,6 +115,49 @@ def match_class(detections, ground_truths, class_id, iou_threshold=0.5):
     return np.array(kept_scores), np.array(true_positive, bool), num_positives
 
 
+class PrecisionRecall(NamedTuple):
+    """Precision-recall curve of one class, one point per counted detection by falling score.
+
+    Fields:
+        recall: float64 (K,) cumulative recall after each detection, all zero
+            when the class has no (non-difficult) ground truth.
+        precision: float64 (K,) cumulative precision after each detection.
+        scores: (K,) the detection scores, falling.
+        num_ground_truths: the class's ground truths that are not difficult.
+    """
+
+    recall: np.ndarray
+    precision: np.ndarray
+    scores: np.ndarray
+    num_ground_truths: int
+
+    def average_precision(self, method: str = "area") -> float:
+        """Return the AP of this curve: NaN without ground truth, 0 without detections."""
+        if self.num_ground_truths == 0:
+            return float("nan")
+        if len(self.scores) == 0:
+            return 0.0
+        return average_precision(self.recall, self.precision, method)
+
+
+def precision_recall(detections, ground_truths, class_id: int, iou_threshold: float = 0.5) -> PrecisionRecall:
+    """Compute the precision-recall curve of one class by the VOC matching of :func:`match_class`.
+
+    Args:
+        detections: one :class:`~dl09_keras.inference.postprocess.Detections` per image.
+        ground_truths: one :class:`GroundTruth` per image, same order.
+        class_id: the 0-based label.
+        iou_threshold: IoU at or above which a detection can match. Default 0.5.
+    """
+    check_same_images(detections, ground_truths)
+    scores, hits, num_positives = match_class(detections, ground_truths, class_id, iou_threshold)
+    true_positives = np.cumsum(hits)
+    false_positives = np.cumsum(~hits)
+    recall = true_positives / max(num_positives, 1)
+    precision = true_positives / np.maximum(true_positives + false_positives, np.finfo(float).eps)
+    return PrecisionRecall(recall, precision, scores, num_positives)
+
+
 def mean_average_precision(
     detections: Sequence,
     ground_truths: Sequence[GroundTruth],
@@ -127,22 +179,12 @@ def mean_average_precision(
         "iou_threshold": float, "method": str}``. A class without ground truth
         has AP NaN and is left out of the mean.
     """
-    if len(detections) != len(ground_truths):
-        raise ValueError(
-            f"Got detections for {len(detections)} images but ground truth for {len(ground_truths)}."
-        )
+    check_same_images(detections, ground_truths)
     ap, counts = {}, {}
     for class_id, name in enumerate(class_names):
-        scores, hits, num_positives = match_class(detections, ground_truths, class_id, iou_threshold)
-        counts[name] = num_positives
-        if num_positives == 0:
-            ap[name] = float("nan")
-            continue
-        true_positives = np.cumsum(hits)
-        false_positives = np.cumsum(~hits)
-        recall = true_positives / num_positives
-        precision = true_positives / np.maximum(true_positives + false_positives, np.finfo(float).eps)
-        ap[name] = average_precision(recall, precision, method) if len(hits) else 0.0
+        curve = precision_recall(detections, ground_truths, class_id, iou_threshold)
+        counts[name] = curve.num_ground_truths
+        ap[name] = curve.average_precision(method)
     valid = [v for v in ap.values() if not np.isnan(v)]
     return {
         "map": float(np.mean(valid)) if valid else float("nan"),

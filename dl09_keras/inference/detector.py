@@ -66,11 +66,12 @@ class Detector:
         )
 
 
-def evaluate_detector(detector: Detector, dataset, iou_threshold=0.5, progress=True) -> dict:
-    """Run ``detector`` on every image of ``dataset`` and compute VOC mAP.
+def detect_dataset(detector: Detector, dataset, progress=True) -> tuple[list[Detections], list[GroundTruth]]:
+    """Run ``detector`` on every image of ``dataset``.
 
-    Use a low ``detector.score_threshold`` (0.01) for mAP: the precision-recall
-    curve needs the low-scoring detections too.
+    Returns:
+        (detections, ground truths): one :class:`Detections` and one
+        :class:`~dl09_keras.evaluation.GroundTruth` per sample, in the dataset's order.
     """
     detections, ground_truths = [], []
     for sample in tqdm(dataset.samples, desc="Evaluating", unit="image", disable=not progress, leave=False):
@@ -80,4 +81,15 @@ def evaluate_detector(detector: Detector, dataset, iou_threshold=0.5, progress=T
             image = read_image_bgr(sample.path)
         detections.append(detector.detect(image))
         ground_truths.append(GroundTruth(sample.boxes, sample.labels, sample.difficult))
+    return detections, ground_truths
+
+
+def evaluate_detector(detector: Detector, dataset, iou_threshold=0.5, progress=True) -> dict:
+    """Run ``detector`` on every image of ``dataset`` and compute VOC mAP.
+
+    Use a low ``detector.score_threshold`` (0.01) for mAP: the precision-recall
+    curve needs the low-scoring detections too. :func:`detect_dataset` returns
+    the per-image detections for callers that need them as well.
+    """
+    detections, ground_truths = detect_dataset(detector, dataset, progress)
     return mean_average_precision(detections, ground_truths, dataset.class_names, iou_threshold)
