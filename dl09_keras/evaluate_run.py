@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 
 import numpy as np
 
 from dl09_keras.atomic import write_json
 from dl09_keras.data import load_dataset
-from dl09_keras.data.sources import absolute_spec
-from dl09_keras.inference import Detector, evaluate_detector, open_runtime
+from dl09_keras.data.sources import absolute_spec, parse_spec
+from dl09_keras.data.tfds import parse_tfds_path
+from dl09_keras.evaluation import mean_average_precision
+from dl09_keras.explain.evaluation_views import write_evaluation_plots
+from dl09_keras.inference import Detector, open_runtime
+from dl09_keras.inference.detector import detect_dataset
 from dl09_keras.run import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -21,7 +26,8 @@ logger = logging.getLogger(__name__)
 EVALUATION_SCORE_THRESHOLD = 0.01
 
 
-def evaluate_run(run_dir: str, data: str | None, split: str, runtime: str = "keras", tflite_variant: str = "fp32") -> dict:
+def evaluate_run(run_dir: str, data: str | None, split: str, runtime: str = "keras", tflite_variant: str = "fp32",
+                 plots: bool = False) -> dict:
     """Evaluate a run; store the result in ``evaluation.json`` and ``metadata.json``.
 
     Args:
@@ -30,22 +36,40 @@ def evaluate_run(run_dir: str, data: str | None, split: str, runtime: str = "ker
         split: split to evaluate, e.g. ``test``.
         runtime: runtime that computes the detections. Default "keras".
         tflite_variant: TFLite file for the tflite runtime. Default "fp32".
+        plots: also write the PR curves, the confusion table and the worst
+            images as PNG files into the folder :func:`plots_folder` names
+            (detector runs only). Default False.
 
     Returns:
         the result of :func:`dl09_keras.evaluation.mean_average_precision` with the
-        data, split, runtime and image count added.
+        data, split, runtime and image count added, and under "plots" the PNG
+        paths when ``plots`` is set.
+
+    Raises:
+        ValueError: ``plots`` is set for an RPN run, which has no class detections to plot.
     """
     run = RunFolder(run_dir)
     metadata = run.read_metadata()
+    if plots and metadata.get("task") == "rpn":
+        raise ValueError(
+            f"Run {run.path} is an RPN (task 'rpn'): --plots needs a detector run (SSD or Faster R-CNN). "
+            "Evaluate this run without --plots to get its proposal recall."
+        )
+
     data = absolute_spec(data) if data else metadata["data"]["source"]
     dataset = load_dataset(data, split, metadata["class_names"])
+    runtime_name = runtime if runtime != "tflite" else f"tflite_{tflite_variant}"
     if metadata.get("task") == "rpn":
         result = _evaluate_proposals(run, dataset)
     else:
         detector = Detector(open_runtime(run.path, runtime, tflite_variant), metadata["class_names"],
                             score_threshold=EVALUATION_SCORE_THRESHOLD)
-        result = evaluate_detector(detector, dataset)
-    runtime_name = runtime if runtime != "tflite" else f"tflite_{tflite_variant}"
+        detections, ground_truths = detect_dataset(detector, dataset)
+        result = mean_average_precision(detections, ground_truths, dataset.class_names)
+        if plots:
+            folder = plots_folder(run, data, split, runtime_name)
+            result["plots"] = write_evaluation_plots(folder, dataset.samples, detections, ground_truths,
+                                                     dataset.class_names)
     result.update(data=data, split=split, runtime=runtime_name, images=len(dataset),
                   skipped=dataset.skipped, evaluated=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
@@ -66,6 +90,23 @@ def evaluate_run(run_dir: str, data: str | None, split: str, runtime: str = "ker
         logger.info("%s: proposal recall %s", key, evaluations[key])
     run.update_metadata(evaluation=evaluations)
     return result
+
+
+def plots_folder(run: RunFolder, data: str, split: str, runtime_name: str) -> str:
+    """Return ``RUN_DIR/plots/KIND-NAME-SPLIT-RUNTIME``, e.g. ``plots/voc-bccd-test-keras``.
+
+    NAME is the dataset folder's name, or the builder name for tfds, and is left out for shapes.
+    NOTE: two datasets of the same kind in folders of the same name share a
+    folder, so the plots of the later evaluation replace the earlier ones.
+    """
+    kind, path = parse_spec(data)
+    if kind == "tfds":
+        name = parse_tfds_path(path)[0]
+    else:
+        name = os.path.basename(os.path.normpath(path)) if path else ""
+    parts = [part for part in (kind, name, split, runtime_name) if part]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
+    return os.path.join(run.file("plots"), slug)
 
 
 # Proposals per image for the recall of an RPN: (before NMS, after NMS).
