@@ -190,6 +190,16 @@ def fit_scales(
     return low, high
 
 
+def best_iou_per_box(boxes: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Return, for each box (N, 4), its highest IoU with any anchor or default box (A, 4): float32 (N,)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    best = np.zeros(len(boxes), np.float32)
+    # Chunks bound the memory of the (boxes, anchors) IoU matrix.
+    for start in range(0, len(boxes), 256):
+        best[start:start + 256] = iou_matrix_np(boxes[start:start + 256], anchors, np.float32).max(axis=1)
+    return best
+
+
 def match_coverage(boxes_per_image: Sequence[np.ndarray], anchors: np.ndarray, threshold=0.5) -> float:
     """Share of ground-truth boxes that have a default box with IoU >= threshold.
 
@@ -200,12 +210,7 @@ def match_coverage(boxes_per_image: Sequence[np.ndarray], anchors: np.ndarray, t
     boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
     if len(boxes) == 0:
         return float("nan")
-    covered = 0
-    # Chunks bound the memory of the (boxes, anchors) IoU matrix.
-    for start in range(0, len(boxes), 256):
-        best = iou_matrix_np(boxes[start:start + 256], anchors, np.float32).max(axis=1)
-        covered += int((best >= threshold).sum())
-    return covered / len(boxes)
+    return int((best_iou_per_box(boxes, anchors) >= threshold).sum()) / len(boxes)
 
 
 @dataclasses.dataclass(frozen=True)

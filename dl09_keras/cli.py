@@ -111,6 +111,17 @@ def _augment_preview(args):
     return 0
 
 
+def _explain(args):
+    from dl09_keras.explain.commands import run_explain
+
+    paths, report = run_explain(args)
+    if report:
+        print(report)
+    for path in paths:
+        print(f"Wrote {path}")
+    return 0
+
+
 def _bench(args):
     from dl09_keras.bench import run_benchmark
 
@@ -231,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="network input, SIDE or HEIGHTxWIDTH. Default: 320.")
     preview.add_argument("--seed", type=int, default=0, help="seed of the sample choice and augmentation. Default: 0.")
     preview.set_defaults(handler=_augment_preview)
+
+    explain = commands.add_parser("explain", help="draw how a detector sees: anchors, matching, mining, augmentation, "
+                                                  "proposals, coverage or training curves (PNG).")
+    from dl09_keras.explain.commands import add_explain_arguments
+
+    add_explain_arguments(explain)
+    explain.set_defaults(handler=_explain)
 
     bench = commands.add_parser("bench", help="time a run's runtimes (model only and end to end).")
     from dl09_keras.bench import add_bench_arguments

@@ -78,6 +78,32 @@ class SSDLoss(keras.losses.Loss):
         return config
 
 
+def hard_negative_mask(positive, cross_entropy, neg_pos_ratio=3.0, empty_image_negatives=8):
+    """Choose the hard negatives of each image: the background boxes with the highest confidence loss.
+
+    Args:
+        positive: bool (B, A), the matched default boxes.
+        cross_entropy: float32 (B, A), the confidence loss of every default box.
+        neg_pos_ratio: negatives kept per positive. Default 3.
+        empty_image_negatives: negatives kept in an image without positives. Default 8.
+
+    Returns:
+        bool (B, A): True for the kept negatives, at most ``neg_pos_ratio * P`` per
+        image (P its positives) and never more than its background boxes.
+    """
+    positive_f = tf.cast(positive, tf.float32)
+    num_positive = tf.reduce_sum(positive_f, axis=-1)
+    num_negative_available = tf.reduce_sum(1.0 - positive_f, axis=-1)
+    wanted = tf.where(num_positive > 0, neg_pos_ratio * num_positive, float(empty_image_negatives))
+    num_negative = tf.minimum(tf.floor(wanted), num_negative_available)
+
+    # Rank the negatives by their loss; positives get -1 and rank last.
+    negative_loss = tf.where(positive, -1.0, cross_entropy)
+    order = tf.argsort(negative_loss, axis=-1, direction="DESCENDING")
+    rank = tf.argsort(order, axis=-1)
+    return tf.cast(rank, tf.float32) < num_negative[:, None]
+
+
 def ssd_loss_terms(y_true, y_pred, neg_pos_ratio=3.0, empty_image_negatives=8):
     """Compute the unnormalized per-image terms of the SSD loss.
 
@@ -103,20 +129,47 @@ def ssd_loss_terms(y_true, y_pred, neg_pos_ratio=3.0, empty_image_negatives=8):
     # Confidence loss of every default box.
     cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
-    # Hard negative mining: rank the negatives by their loss, keep the top k per image.
-    num_negative_available = tf.reduce_sum(1.0 - positive_f, axis=-1)
-    wanted = tf.where(
-        num_positive > 0, neg_pos_ratio * num_positive, float(empty_image_negatives)
-    )
-    num_negative = tf.minimum(tf.floor(wanted), num_negative_available)
-    negative_loss = tf.where(positive, -1.0, cross_entropy)
-    order = tf.argsort(negative_loss, axis=-1, direction="DESCENDING")
-    rank = tf.argsort(order, axis=-1)
-    hard_negative = tf.cast(rank, tf.float32) < num_negative[:, None]
+    hard_negative = hard_negative_mask(positive, cross_entropy, neg_pos_ratio, empty_image_negatives)
     selected = tf.cast(tf.logical_or(positive, hard_negative), tf.float32)
     conf = tf.reduce_sum(cross_entropy * selected, axis=-1)
 
     return {"conf": conf, "loc": loc, "num_positive": num_positive}
+
+
+@keras.saving.register_keras_serializable(package="dl09")
+class SSDLossTerms(keras.metrics.Metric):
+    """Track the two terms of :class:`SSDLoss` apart: ``conf_loss`` and ``loc_loss``.
+
+    Each batch's term is divided by the batch's positives, as the loss is, so
+    with ``alpha = 1`` the two add up to the loss; epochs average the batches,
+    weighted by batch size. ``result()`` returns both, so history.csv gets the
+    columns ``conf_loss``, ``loc_loss`` and their ``val_`` twins.
+    """
+
+    def __init__(self, neg_pos_ratio=3.0, empty_image_negatives=8, name="ssd_loss_terms", dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.neg_pos_ratio = float(neg_pos_ratio)
+        self.empty_image_negatives = int(empty_image_negatives)
+        self.conf = keras.metrics.Mean(name="conf_loss")
+        self.loc = keras.metrics.Mean(name="loc_loss")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        terms = ssd_loss_terms(y_true, y_pred, self.neg_pos_ratio, self.empty_image_negatives)
+        num_positive = tf.maximum(tf.reduce_sum(terms["num_positive"]), 1.0)
+        batch = tf.cast(tf.shape(y_true)[0], tf.float32)
+        self.conf.update_state(tf.reduce_sum(terms["conf"]) / num_positive, sample_weight=batch)
+        self.loc.update_state(tf.reduce_sum(terms["loc"]) / num_positive, sample_weight=batch)
+
+    def result(self):
+        return {"conf_loss": self.conf.result(), "loc_loss": self.loc.result()}
+
+    def reset_state(self):
+        self.conf.reset_state()
+        self.loc.reset_state()
+
+    def get_config(self):
+        return {"neg_pos_ratio": self.neg_pos_ratio, "empty_image_negatives": self.empty_image_negatives,
+                "name": self.name, "dtype": self.dtype}
 
 
 # ---------------------------------------------------------------------------

@@ -7,10 +7,12 @@ Layout::
       saved_model/         inference graph (image -> scores, boxes) from model.export
       metadata.json        classes, input size, preprocessing, default boxes, command, metrics
       history.csv          one row of losses and metrics per epoch
+      training_curves.png  the losses and the validation mAP of history.csv, drawn at the end
       logs/                TensorBoard event files
       checkpoints/         last.keras after every epoch
       backup/              training state after the last completed epoch, while a run is unfinished
       evaluation.json      written by ``dl09 evaluate``
+      plots/               written by ``dl09 evaluate --plots``
       model.onnx, model_fp32.tflite, model_fp16.tflite, model_int8.tflite, parity.json
                            written by ``python -m export``
 

@@ -34,7 +34,7 @@ from dl09_keras.atomic import (
 from dl09_keras.data import AugmentConfig, load_dataset, training_pipeline, validation_pipeline
 from dl09_keras.data.sources import absolute_spec
 from dl09_keras.inference import Detector, KerasRuntime, evaluate_detector
-from dl09_keras.losses import SSDLoss
+from dl09_keras.losses import SSDLoss, SSDLossTerms
 from dl09_keras.matching import TargetEncoder
 from dl09_keras.models import SSDConfig, build_inference_model, build_ssd, feature_shapes
 from dl09_keras.optimizers import get_optimizer
@@ -140,6 +140,7 @@ class Recipe:
         loss: the Keras loss, or a dict of losses per output.
         build_inference: training model -> inference model (image -> scores, boxes).
         make_example: (image, boxes, labels) -> (x, y) for the pipeline; None for (image, encoder(boxes, labels)).
+        metrics: Keras metrics to compile with, e.g. the loss terms for history.csv.
     """
 
     task: str
@@ -150,6 +151,7 @@ class Recipe:
     loss: object
     build_inference: object
     make_example: object = None
+    metrics: list = None
 
 
 def augment_settings(args) -> AugmentConfig:
@@ -193,7 +195,7 @@ def ssd_recipe(args, train_data) -> Recipe:
     return Recipe(
         task="ssd", model=model, config=ssd_config, anchors=anchor_facts,
         encoder=TargetEncoder(anchors, box_config.variances), loss=SSDLoss(),
-        build_inference=lambda trained: build_inference_model(trained, box_config),
+        build_inference=lambda trained: build_inference_model(trained, box_config), metrics=[SSDLossTerms()],
     )
 
 
@@ -285,7 +287,7 @@ def train(args: argparse.Namespace) -> RunFolder:
     options = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
     optimizer = get_optimizer(args.optimizer, schedule, **options)
     loss = recipe.loss
-    model.compile(optimizer=optimizer, loss=loss)
+    model.compile(optimizer=optimizer, loss=loss, metrics=recipe.metrics)
 
     metadata = {
         "format_version": METADATA_VERSION,
@@ -411,5 +413,16 @@ def train(args: argparse.Namespace) -> RunFolder:
     with atomic_path(run.model_path) as temporary:
         model.save(temporary)
     shutil.rmtree(run.file("backup"), ignore_errors=True)
+    _write_training_curves(run)
     logger.info("Run folder: %s", run.path)
     return run
+
+
+def _write_training_curves(run: RunFolder):
+    """Draw history.csv into training_curves.png; a drawing failure is logged and does not fail the run."""
+    from dl09_keras.explain.curves import plot_training_curves
+
+    try:
+        plot_training_curves(run.file("history.csv"), run.file("training_curves.png"))
+    except (OSError, ValueError, KeyError) as error:
+        logger.warning("Could not draw %s: %s", run.file("training_curves.png"), error)

@@ -38,33 +38,7 @@ def add_training_arguments(parser: argparse.ArgumentParser):
                       help="downscale images whose longer side exceeds this many pixels before caching "
                            "(default: twice the larger input side).")
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=("ssd", "rpn", "faster_rcnn"), default="ssd",
-                       help="detector: the SSD, a Region Proposal Network alone, or the two-stage "
-                            "Faster R-CNN. Default: ssd.")
-    model.add_argument("--input-size", type=parse_input_size, default=(320, 320),
-                       help="network input, SIDE or HEIGHTxWIDTH in pixels. Default: 320.")
-    model.add_argument("--backbone", choices=BACKBONES, default="resnet", help="Default: resnet.")
-    model.add_argument("--width", type=float, default=1.0, help="backbone channel multiplier. Default: 1.0.")
-    model.add_argument("--num-maps", type=int, default=5, help="feature maps with heads (>= 4). Default: 5.")
-    model.add_argument("--neck", choices=NECKS, default="none",
-                       help="'fpn' merges coarse maps into fine ones (helps small objects). Default: none.")
-    model.add_argument("--neck-channels", type=int, default=96, help="channels of the FPN neck. Default: 96.")
-    model.add_argument("--scales", default="auto",
-                       help="default-box scales MIN,MAX as fractions of the input side, or 'auto' to choose "
-                            "them among quantiles of the training box sizes (2-20%% for MIN, 95-99.5%% for MAX) "
-                            "by the share of boxes that get a default box with IoU >= 0.5. Default: auto.")
-
-    rcnn = parser.add_argument_group("RPN and Faster R-CNN")
-    rcnn.add_argument("--feature-stride", type=int, choices=(8, 16, 32), default=16,
-                      help="stride of the backbone feature map the RPN and the head share. Default: 16.")
-    rcnn.add_argument("--anchor-sizes", default="auto",
-                      help="RPN anchor sizes S1,S2,S3 as fractions of sqrt(height * width) of the input, or "
-                           "'auto' to spread them over the 5%%-95%% range of the training box sizes. Default: auto.")
-    rcnn.add_argument("--rpn-normalization", choices=("sampled", "paper"), default="sampled",
-                      help="RPN loss: 'sampled' divides both terms by the sampled anchors (lambda 1); 'paper' "
-                           "divides the box term by the anchor locations with lambda 10. Default: sampled.")
-    rcnn.add_argument("--rpn-channels", type=int, default=256, help="channels of the RPN's 3x3 layer. Default: 256.")
+    add_model_arguments(parser)
 
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, default=30, help="Default: 30.")
@@ -93,3 +67,34 @@ def add_training_arguments(parser: argparse.ArgumentParser):
                      help="run folder; an unfinished run there resumes. Default: runs/<data>-<time>.")
     out.add_argument("--overwrite", action="store_true", help="replace a finished run in --run-dir.")
     out.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress: 0, 1 (bar), 2 (line).")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser):
+    """Declare the model options of ``train.py``, which ``dl09 explain`` shares."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=("ssd", "rpn", "faster_rcnn"), default="ssd",
+                       help="detector: the SSD, a Region Proposal Network alone, or the two-stage "
+                            "Faster R-CNN. Default: ssd.")
+    model.add_argument("--input-size", type=parse_input_size, default=(320, 320),
+                       help="network input, SIDE or HEIGHTxWIDTH in pixels. Default: 320.")
+    model.add_argument("--backbone", choices=BACKBONES, default="resnet", help="Default: resnet.")
+    model.add_argument("--width", type=float, default=1.0, help="backbone channel multiplier. Default: 1.0.")
+    model.add_argument("--num-maps", type=int, default=5, help="feature maps with heads (>= 4). Default: 5.")
+    model.add_argument("--neck", choices=NECKS, default="none",
+                       help="'fpn' merges coarse maps into fine ones (helps small objects). Default: none.")
+    model.add_argument("--neck-channels", type=int, default=96, help="channels of the FPN neck. Default: 96.")
+    model.add_argument("--scales", default="auto",
+                       help="default-box scales MIN,MAX as fractions of the input side, or 'auto' to choose "
+                            "them among quantiles of the training box sizes (2-20%% for MIN, 95-99.5%% for MAX) "
+                            "by the share of boxes that get a default box with IoU >= 0.5. Default: auto.")
+
+    rcnn = parser.add_argument_group("RPN and Faster R-CNN")
+    rcnn.add_argument("--feature-stride", type=int, choices=(8, 16, 32), default=16,
+                      help="stride of the backbone feature map the RPN and the head share. Default: 16.")
+    rcnn.add_argument("--anchor-sizes", default="auto",
+                      help="RPN anchor sizes S1,S2,S3 as fractions of sqrt(height * width) of the input, or "
+                           "'auto' to spread them over the 5%%-95%% range of the training box sizes. Default: auto.")
+    rcnn.add_argument("--rpn-normalization", choices=("sampled", "paper"), default="sampled",
+                      help="RPN loss: 'sampled' divides both terms by the sampled anchors (lambda 1); 'paper' "
+                           "divides the box term by the anchor locations with lambda 10. Default: sampled.")
+    rcnn.add_argument("--rpn-channels", type=int, default=256, help="channels of the RPN's 3x3 layer. Default: 256.")

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the real datasets and one tiny trained run for the export and detect tests."""
+"""Shared fixtures: paths to the real datasets and tiny trained runs (SSD, Faster R-CNN) for the later stages."""
 
 import os
 import subprocess
@@ -50,6 +50,24 @@ def tiny_run(tmp_path_factory):
     completed = subprocess.run(
         [sys.executable, "-m", "export", run_dir, "--to", "onnx", "tflite",
          "--calibration-images", "16", "--parity-images", "5"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_rcnn_run(tmp_path_factory):
+    """A Faster R-CNN run trained for one short epoch on shapes and exported to ONNX and TFLite."""
+    run_dir = str(tmp_path_factory.mktemp("runs") / "faster_rcnn")
+    run_cli(
+        "train", "--model", "faster_rcnn", "--data", "shapes", "--train-split", "val", "--val-split", "test",
+        "--input-size", "96x128", "--width", "0.25", "--rpn-channels", "32", "--epochs", "1",
+        "--batch-size", "16", "--run-dir", run_dir, "--verbose", "2",
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "export", run_dir, "--to", "onnx", "tflite",
+         "--calibration-images", "8", "--parity-images", "3"],
         capture_output=True, text=True, timeout=600, cwd=REPO,
     )
     assert completed.returncode == 0, completed.stderr[-5000:]

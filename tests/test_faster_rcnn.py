@@ -174,24 +174,6 @@ def test_auto_anchor_sizes_span_the_box_scales():
 # Every later stage on tiny trained runs
 
 
-@pytest.fixture(scope="module")
-def tiny_rcnn_run(tmp_path_factory):
-    """A Faster R-CNN run trained for one short epoch on shapes and exported to ONNX and TFLite."""
-    run_dir = str(tmp_path_factory.mktemp("runs") / "faster_rcnn")
-    run_cli(
-        "train", "--model", "faster_rcnn", "--data", "shapes", "--train-split", "val", "--val-split", "test",
-        "--input-size", "96x128", "--width", "0.25", "--rpn-channels", "32", "--epochs", "1",
-        "--batch-size", "16", "--run-dir", run_dir, "--verbose", "2",
-    )
-    completed = subprocess.run(
-        [sys.executable, "-m", "export", run_dir, "--to", "onnx", "tflite",
-         "--calibration-images", "8", "--parity-images", "3"],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )
-    assert completed.returncode == 0, completed.stderr[-5000:]
-    return run_dir
-
-
 def test_faster_rcnn_run_exports_with_parity(tiny_rcnn_run):
     metadata = json.load(open(os.path.join(tiny_rcnn_run, "metadata.json")))
     assert metadata["task"] == "faster_rcnn"

@@ -175,7 +175,7 @@ def flip_horizontally(image, boxes):
     return tf.reverse(image, axis=[1]), flipped
 
 
-def augment(image, boxes, labels, output_size, config: AugmentConfig = AugmentConfig()):
+def augment(image, boxes, labels, output_size, config: AugmentConfig = AugmentConfig(), crop_mode=None):
     """Augment one sample and resize it to the network input.
 
     Args:
@@ -184,6 +184,8 @@ def augment(image, boxes, labels, output_size, config: AugmentConfig = AugmentCo
         labels: int32 (G,).
         output_size: (height, width) of the network input.
         config: the augmentation settings.
+        crop_mode: the crop of :func:`sample_patch` (0 whole image, then the IoU
+            bounds, then a random patch); None draws it, as training does.
 
     Returns:
         image float32 (height, width, 3) in [0, 255], boxes (K, 4), labels (K,),
@@ -192,7 +194,7 @@ def augment(image, boxes, labels, output_size, config: AugmentConfig = AugmentCo
     boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
     canvas = zoom_out_canvas(config)
     canvas_boxes, _ = boxes_in_window(boxes, canvas)  # every box stays because the canvas contains the whole image
-    patch = sample_patch(canvas_boxes, config)
+    patch = sample_patch(canvas_boxes, config, crop_mode)
     new_boxes, keep = boxes_in_window(canvas_boxes, patch)
     new_labels = tf.boolean_mask(labels, keep)
 
