@@ -94,8 +94,8 @@ def hard_negative_mask(positive, cross_entropy, neg_pos_ratio=3.0, empty_image_n
     positive_f = tf.cast(positive, tf.float32)
     num_positive = tf.reduce_sum(positive_f, axis=-1)
     num_negative_available = tf.reduce_sum(1.0 - positive_f, axis=-1)
-    wanted = tf.where(num_positive > 0, neg_pos_ratio * num_positive, float(empty_image_negatives))
-    num_negative = tf.minimum(tf.floor(wanted), num_negative_available)
+    requested = tf.where(num_positive > 0, neg_pos_ratio * num_positive, float(empty_image_negatives))
+    num_negative = tf.minimum(tf.floor(requested), num_negative_available)
 
     # Rank the negatives by their loss; positives get -1 and rank last.
     negative_loss = tf.where(positive, -1.0, cross_entropy)
@@ -140,8 +140,8 @@ def ssd_loss_terms(y_true, y_pred, neg_pos_ratio=3.0, empty_image_negatives=8):
 class SSDLossTerms(keras.metrics.Metric):
     """Track the two terms of :class:`SSDLoss` apart: ``conf_loss`` and ``loc_loss``.
 
-    Each batch's term is divided by the batch's positives, as the loss is, so
-    with ``alpha = 1`` the two add up to the loss; epochs average the batches,
+    Each batch's term is divided by the batch's positives, as the loss is. So
+    with ``alpha = 1`` the two add up to the loss. Epochs average the batches,
     weighted by batch size. ``result()`` returns both, so history.csv gets the
     columns ``conf_loss``, ``loc_loss`` and their ``val_`` twins.
     """
@@ -366,3 +366,42 @@ class FastRCNNLoss(keras.losses.Loss):
         config = super().get_config()
         config.update(num_classes=self.num_classes, box_weight=self.box_weight)
         return config
+
+
+@keras.saving.register_keras_serializable(package="dl09")
+class RPNLossTerms(keras.metrics.Metric):
+    """Track the two terms of :class:`RPNLoss` apart: ``rpn_cls_loss`` and ``rpn_box_loss``.
+
+    Each batch's terms come from :func:`rpn_loss_terms` with the loss's settings,
+    so they add up to the RPN loss. Epochs average the batches, weighted by batch
+    size. In a Faster R-CNN the rest of ``loss`` is the detection head's loss.
+    """
+
+    def __init__(self, normalization="sampled", box_weight=None, anchors_per_location=9, name="rpn_loss_terms",
+                 dtype=None):
+        super().__init__(name=name, dtype=dtype)
+        self.normalization = normalization
+        self.box_weight = box_weight
+        self.anchors_per_location = int(anchors_per_location)
+        _validate_rpn_loss(normalization, box_weight, anchors_per_location)
+        self.classification = keras.metrics.Mean(name="rpn_cls_loss")
+        self.regression = keras.metrics.Mean(name="rpn_box_loss")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        classification, regression = rpn_loss_terms(
+            y_true, y_pred, self.normalization, self.box_weight, self.anchors_per_location
+        )
+        batch = tf.cast(tf.shape(y_true)[0], tf.float32)
+        self.classification.update_state(classification, sample_weight=batch)
+        self.regression.update_state(regression, sample_weight=batch)
+
+    def result(self):
+        return {"rpn_cls_loss": self.classification.result(), "rpn_box_loss": self.regression.result()}
+
+    def reset_state(self):
+        self.classification.reset_state()
+        self.regression.reset_state()
+
+    def get_config(self):
+        return {"normalization": self.normalization, "box_weight": self.box_weight,
+                "anchors_per_location": self.anchors_per_location, "name": self.name, "dtype": self.dtype}

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from dl09_keras.anchors import RPNAnchorConfig, box_scales, match_coverage, rpn_anchors
-from dl09_keras.losses import RPNLoss
+from dl09_keras.losses import RPNLoss, RPNLossTerms
 from dl09_keras.matching import RPNTargetEncoder
 from dl09_keras.models.faster_rcnn import FasterRCNNConfig, build_faster_rcnn, build_inference_model
 from dl09_keras.training import Recipe
@@ -105,10 +105,16 @@ def two_stage_recipe(args, train_data) -> Recipe:
         **coverage,
         "order": "cell row-major, then size, then aspect ratio",
     }
-    loss = {"rpn": RPNLoss(args.rpn_normalization, anchors_per_location=anchor_config.anchors_per_location)}
+    per_location = anchor_config.anchors_per_location
+    loss = {"rpn": RPNLoss(args.rpn_normalization, anchors_per_location=per_location)}
+    # NOTE: Keras 3.15 compiles a metric only for a model whose every output has a target, and a
+    # Faster R-CNN's "head" output has none (its loss is added inside the model), so only the RPN
+    # logs its two loss terms; a Faster R-CNN's history.csv has the total loss alone.
+    metrics = {"rpn": [RPNLossTerms(args.rpn_normalization, anchors_per_location=per_location)]}
+    metrics = metrics if args.model == "rpn" else None
     encoder = RPNTargetEncoder(anchors)
     return Recipe(
         task=args.model, model=model, config=config, anchors=anchor_facts, encoder=encoder, loss=loss,
         build_inference=lambda trained: build_inference_model(trained, config),
-        make_example=TwoStageExample(encoder, args.model == "faster_rcnn", max_boxes),
+        make_example=TwoStageExample(encoder, args.model == "faster_rcnn", max_boxes), metrics=metrics,
     )

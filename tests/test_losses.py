@@ -98,3 +98,16 @@ def test_loss_config_round_trip():
 def test_invalid_loss_setting_names_the_value():
     with pytest.raises(ValueError, match="neg_pos_ratio=-1"):
         SSDLoss(neg_pos_ratio=-1)
+
+
+def test_loss_terms_metric_adds_to_loss():
+    from dl09_keras.losses import SSDLossTerms
+
+    y_true, y_pred, _ = make_case()
+    metric = SSDLossTerms()
+    metric.update_state(y_true, y_pred)
+    result = {k: float(v) for k, v in metric.result().items()}
+    loss = float(SSDLoss()(y_true, y_pred))
+    assert result["conf_loss"] + result["loc_loss"] == pytest.approx(loss, rel=1e-6)
+    assert result["loc_loss"] > 0.0
+    assert SSDLossTerms.from_config(SSDLossTerms(neg_pos_ratio=2.0).get_config()).neg_pos_ratio == 2.0

@@ -198,3 +198,18 @@ def test_fast_rcnn_loss_config_round_trip():
     assert isinstance(restored, FastRCNNLoss)
     assert (restored.num_classes, restored.box_weight, restored.name) == (5, 2.0, "fast_rcnn_loss")
     assert restored.reduction == "sum"
+
+
+def test_rpn_loss_terms_metric():
+    from dl09_keras.losses import RPNLossTerms
+
+    y_true, y_pred = rpn_hand_case()
+    metric = RPNLossTerms()
+    metric.update_state(y_true, y_pred)
+    metric.update_state(y_true, y_pred)
+    result = {k: float(v) for k, v in metric.result().items()}
+    assert result["rpn_cls_loss"] == pytest.approx((-np.log(0.75) - np.log(0.8)) / 2, rel=1e-5)
+    assert result["rpn_box_loss"] == pytest.approx(1.625 / 2, rel=1e-5)
+    metric.reset_state()
+    assert float(metric.result()["rpn_cls_loss"]) == 0.0
+    assert RPNLossTerms.from_config(RPNLossTerms("paper").get_config()).normalization == "paper"
