@@ -12,6 +12,25 @@ def smooth_l1(x):
     return tf.where(absolute < 1.0, 0.5 * tf.square(x), absolute - 0.5)
 
 
+def sum_over_replicas(value):
+    """Sum a per-replica value over the replicas of a ``tf.distribute`` strategy.
+
+    Outside a replica context, or with one replica, the value is returned as is.
+    The losses divide by batch-wide counts (matched boxes, sampled anchors), and
+    with N replicas those counts must cover the global batch: Keras sums the
+    replicas' gradients and does not rescale a loss of reduction "sum".
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def num_replicas() -> int:
+    """Return the replicas of the current ``tf.distribute`` strategy (1 without one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
 @keras.saving.register_keras_serializable(package="dl09")
 class SSDLoss(keras.losses.Loss):
     """SSD training objective ``(L_conf + alpha * L_loc) / N`` (Liu et al., 2016).
@@ -65,7 +84,7 @@ class SSDLoss(keras.losses.Loss):
         losses = ssd_loss_terms(
             y_true, y_pred, self.neg_pos_ratio, self.empty_image_negatives
         )
-        num_positive = tf.maximum(tf.reduce_sum(losses["num_positive"]), 1.0)
+        num_positive = tf.maximum(sum_over_replicas(tf.reduce_sum(losses["num_positive"])), 1.0)
         return (losses["conf"] + self.alpha * losses["loc"]) / num_positive
 
     def get_config(self):
@@ -155,10 +174,12 @@ class SSDLossTerms(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         terms = ssd_loss_terms(y_true, y_pred, self.neg_pos_ratio, self.empty_image_negatives)
-        num_positive = tf.maximum(tf.reduce_sum(terms["num_positive"]), 1.0)
+        # Each replica's share times the replicas, as Keras unscales its loss tracker, so the
+        # replicas' mean equals the loss of the global batch.
+        scale = float(num_replicas()) / tf.maximum(sum_over_replicas(tf.reduce_sum(terms["num_positive"])), 1.0)
         batch = tf.cast(tf.shape(y_true)[0], tf.float32)
-        self.conf.update_state(tf.reduce_sum(terms["conf"]) / num_positive, sample_weight=batch)
-        self.loc.update_state(tf.reduce_sum(terms["loc"]) / num_positive, sample_weight=batch)
+        self.conf.update_state(tf.reduce_sum(terms["conf"]) * scale, sample_weight=batch)
+        self.loc.update_state(tf.reduce_sum(terms["loc"]) * scale, sample_weight=batch)
 
     def result(self):
         return {"conf_loss": self.conf.result(), "loc_loss": self.loc.result()}
@@ -206,12 +227,12 @@ def _rpn_loss_sums(y_true, y_pred):
 
 def _rpn_normalizers(y_true, num_sampled, normalization, anchors_per_location):
     """Return (N_cls, N_reg) of the whole batch, each at least 1."""
-    num_classification = tf.maximum(tf.reduce_sum(num_sampled), 1.0)
+    num_classification = tf.maximum(sum_over_replicas(tf.reduce_sum(num_sampled)), 1.0)
     if normalization == "sampled":
         return num_classification, num_classification
 
     shape = tf.shape(y_true)
-    num_locations = tf.cast(shape[0] * shape[1], tf.float32) / float(anchors_per_location)
+    num_locations = sum_over_replicas(tf.cast(shape[0] * shape[1], tf.float32)) / float(anchors_per_location)
     return num_classification, tf.maximum(num_locations, 1.0)
 
 
@@ -392,8 +413,9 @@ class RPNLossTerms(keras.metrics.Metric):
             y_true, y_pred, self.normalization, self.box_weight, self.anchors_per_location
         )
         batch = tf.cast(tf.shape(y_true)[0], tf.float32)
-        self.classification.update_state(classification, sample_weight=batch)
-        self.regression.update_state(regression, sample_weight=batch)
+        scale = float(num_replicas())  # as for SSDLossTerms: the replicas' mean is the global loss
+        self.classification.update_state(classification * scale, sample_weight=batch)
+        self.regression.update_state(regression * scale, sample_weight=batch)
 
     def result(self):
         return {"rpn_cls_loss": self.classification.result(), "rpn_box_loss": self.regression.result()}

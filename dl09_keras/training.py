@@ -37,6 +37,7 @@ from dl09_keras.inference import Detector, KerasRuntime, evaluate_detector
 from dl09_keras.losses import SSDLoss, SSDLossTerms
 from dl09_keras.matching import TargetEncoder
 from dl09_keras.models import SSDConfig, build_inference_model, build_ssd, feature_shapes
+from dl09_keras.distribute import fix_multiworker_build, is_chief, make_strategy, set_precision, worker_run_dir
 from dl09_keras.optimizers import get_optimizer
 from dl09_keras.run import METADATA_VERSION, PREPROCESSING, RunFolder
 
@@ -238,6 +239,9 @@ def _create_run_folder(run: RunFolder, overwrite: bool) -> dict | None:
 
 def train(args: argparse.Namespace) -> RunFolder:
     """Train an SSD as described by parsed ``train.py`` arguments; return its run folder."""
+    # The strategy comes first: a multi-worker strategy must exist before any other TensorFlow work.
+    strategy = make_strategy(args.strategy)
+    precision = set_precision(args.mixed_precision)
     # Check the cheap options first, so a typo fails before the data is read.
     get_optimizer(args.optimizer, 1e-3)
     if args.scales != "auto":
@@ -249,6 +253,8 @@ def train(args: argparse.Namespace) -> RunFolder:
         raise ValueError("--stop-at-map needs --val-split and --map-every N to compute the validation mAP.")
     # The run folder records an absolute path, so export and evaluate work from any directory.
     args.data = absolute_spec(args.data)
+    if not is_chief(strategy):
+        args.run_dir = worker_run_dir(strategy)
     run = _check_run_folder(args)
     keras.utils.set_random_seed(args.seed)
 
@@ -258,12 +264,14 @@ def train(args: argparse.Namespace) -> RunFolder:
     if val_data is not None:
         logger.info("Validation data: %s", val_data.describe())
 
-    if args.model == "ssd":
-        recipe = ssd_recipe(args, train_data)
-    else:
-        from dl09_keras.training_rcnn import two_stage_recipe
+    # Variables created in the strategy's scope are mirrored on every replica.
+    with strategy.scope():
+        if args.model == "ssd":
+            recipe = ssd_recipe(args, train_data)
+        else:
+            from dl09_keras.training_rcnn import two_stage_recipe
 
-        recipe = two_stage_recipe(args, train_data)
+            recipe = two_stage_recipe(args, train_data)
     model = recipe.model
     max_side = args.max_side or 2 * max(args.input_size)
     augment_config = augment_settings(args)
@@ -285,9 +293,11 @@ def train(args: argparse.Namespace) -> RunFolder:
         args.learning_rate, steps_per_epoch * args.epochs, int(args.warmup_epochs * steps_per_epoch)
     )
     options = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
-    optimizer = get_optimizer(args.optimizer, schedule, **options)
     loss = recipe.loss
-    model.compile(optimizer=optimizer, loss=loss, metrics=recipe.metrics)
+    with strategy.scope():
+        optimizer = get_optimizer(args.optimizer, schedule, **options)
+        model.compile(optimizer=optimizer, loss=loss, metrics=recipe.metrics, jit_compile=args.jit)
+    fix_multiworker_build(model, strategy)
 
     metadata = {
         "format_version": METADATA_VERSION,
@@ -320,6 +330,9 @@ def train(args: argparse.Namespace) -> RunFolder:
             else loss.get_config(),
             "augmentation": dataclasses.asdict(augment_config),
             "seed": args.seed,
+            "strategy": {"name": args.strategy, "replicas": strategy.num_replicas_in_sync},
+            "precision": precision,
+            "jit_compile": bool(args.jit),
         },
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},

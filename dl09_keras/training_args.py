@@ -6,6 +6,7 @@ import argparse
 
 BACKBONES = ("resnet", "mobilenetv2")
 NECKS = ("none", "fpn")
+STRATEGIES = ("none", "mirrored", "multiworker")
 SPEC_HELP = (
     "voc:PATH (Pascal VOC folder), yolo:PATH (YOLO txt folder with data.yaml), coco:PATH (COCO JSON "
     "folder or file), tfds:NAME[@DATA_DIR] (a prepared tensorflow-datasets set, e.g. tfds:voc/2007) "
@@ -61,6 +62,15 @@ def add_training_arguments(parser: argparse.ArgumentParser):
     fit.add_argument("--time-limit", type=float, default=None,
                      help="stop after this many minutes of training, keeping the model so far.")
     fit.add_argument("--seed", type=int, default=0, help="seed of weights and shuffling. Default: 0.")
+
+    scale = parser.add_argument_group("devices and speed")
+    scale.add_argument("--strategy", choices=STRATEGIES, default="none",
+                       help="'mirrored': one replica per local GPU (or per logical CPU device); 'multiworker': "
+                            "replicas on several machines, described by the TF_CONFIG environment variable. "
+                            "--batch-size is the global batch, split across replicas. Default: none.")
+    scale.add_argument("--mixed-precision", action="store_true",
+                       help="compute in float16 on a GPU, bfloat16 on a CPU, keeping the weights in float32.")
+    scale.add_argument("--jit", action="store_true", help="compile the training step with XLA (jit_compile).")
 
     out = parser.add_argument_group("output")
     out.add_argument("--run-dir", default=None,

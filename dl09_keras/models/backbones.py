@@ -13,12 +13,23 @@ from keras import layers
 from dl09_keras.training_args import BACKBONES
 
 
+def batch_norm(name: str) -> layers.BatchNormalization:
+    """Return a batch normalization layer, synchronized across replicas when built under a multi-replica strategy.
+
+    With a global batch split over N replicas, each replica's batch statistics would
+    come from 1/N of the batch. Synchronized statistics keep the single-device step.
+    """
+    import tensorflow as tf
+
+    return layers.BatchNormalization(name=name, synchronized=tf.distribute.get_strategy().num_replicas_in_sync > 1)
+
+
 def conv_bn(x, filters, kernel_size=3, strides=1, name=None):
     """Convolution without bias, batch normalization and ReLU."""
     x = layers.Conv2D(
         filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = batch_norm(f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -27,12 +38,12 @@ def residual_block(x, filters, strides=1, name=None):
     shortcut = x
     y = conv_bn(x, filters, 3, strides, name=f"{name}_a")
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
-    y = layers.BatchNormalization(name=f"{name}_b_bn")(y)
+    y = batch_norm(f"{name}_b_bn")(y)
     if strides != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(
             filters, 1, strides=strides, use_bias=False, name=f"{name}_proj_conv"
         )(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = batch_norm(f"{name}_proj_bn")(shortcut)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
 

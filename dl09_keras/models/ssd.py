@@ -16,7 +16,7 @@ from keras import layers
 
 from dl09_keras.anchors import DefaultBoxConfig
 from dl09_keras.layers import DecodeDetections
-from dl09_keras.models.backbones import BACKBONES, build_backbone
+from dl09_keras.models.backbones import BACKBONES, batch_norm, build_backbone
 
 from dl09_keras.training_args import NECKS
 _BOX_HEAD = re.compile(r"^box_head_(\d+)$")
@@ -92,7 +92,7 @@ def fpn_neck(maps, channels):
     outputs = []
     for k, m in enumerate(merged):
         m = layers.Conv2D(channels, 3, padding="same", use_bias=False, name=f"fpn_smooth_{k}")(m)
-        m = layers.BatchNormalization(name=f"fpn_smooth_{k}_bn")(m)
+        m = batch_norm(f"fpn_smooth_{k}_bn")(m)
         outputs.append(layers.ReLU(name=f"fpn_smooth_{k}_relu")(m))
     return outputs
 
