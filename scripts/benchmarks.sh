@@ -69,9 +69,9 @@ for step in $steps; do
       --val-split test --input-size 288x384 --width 0.5 --epochs 30 --run-dir "$OUT/bccd_rpn" --verbose 2
     timed bccd-rpn-evaluate $BIN/dl09 evaluate "$OUT/bccd_rpn" --data "voc:$BCCD" --split test
     timed bccd-faster-rcnn-train $BIN/python train.py --model faster_rcnn --data "voc:$BCCD" \
-      --train-split trainval --val-split test --input-size 288x384 --width 0.5 --epochs 50 --map-every 10 \
-      --run-dir "$OUT/bccd_faster_rcnn" --verbose 2
-    timed bccd-faster-rcnn-evaluate $BIN/dl09 evaluate "$OUT/bccd_faster_rcnn" --data "voc:$BCCD" --split test
+      --train-split trainval --val-split test --input-size 288x384 --width 0.5 --feature-stride 8 \
+      --neck fpn --neck-channels 64 --epochs 40 --map-every 10 --run-dir "$OUT/bccd_faster_rcnn" --verbose 2
+    timed bccd-faster-rcnn-plots $BIN/dl09 evaluate "$OUT/bccd_faster_rcnn" --data "voc:$BCCD" --split test --plots
     mkdir -p "$OUT/bccd-test-images"
     for name in $(cat "$BCCD/BCCD/ImageSets/Main/test.txt"); do
       cp "$BCCD/BCCD/JPEGImages/$name.jpg" "$OUT/bccd-test-images/"
