@@ -88,10 +88,12 @@ def fix_multiworker_build(model: keras.Model, strategy: tf.distribute.Strategy):
     """Let ``model.fit`` start under MultiWorkerMirroredStrategy.
 
     NOTE: before its first step, Keras 3.15's fit reduces the first distributed
-    batch to the mean over replicas to build the compiled loss and metrics, and
-    MultiWorkerMirroredStrategy fails that reduction ("unsupported type
-    PerReplica", keras-team/keras issue 20585). The batch only gives shapes, so
-    the replacement builds from this worker's first local replica instead.
+    batch to the mean over replicas to build the compiled loss and metrics.
+    MultiWorkerMirroredStrategy fails that reduction with "unsupported type
+    PerReplica" (reported upstream as https://github.com/keras-team/keras/issues/20585).
+    The batch only gives shapes, so the replacement builds from this worker's
+    first local replica instead. It replaces a private Keras method, so a Keras
+    upgrade can break it: the two-worker test in tests/test_distribute.py checks it.
     """
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return

@@ -107,9 +107,9 @@ def two_stage_recipe(args, train_data) -> Recipe:
     }
     per_location = anchor_config.anchors_per_location
     loss = {"rpn": RPNLoss(args.rpn_normalization, anchors_per_location=per_location)}
-    # NOTE: Keras 3.15 compiles a metric only for a model whose every output has a target, and a
-    # Faster R-CNN's "head" output has none (its loss is added inside the model), so only the RPN
-    # logs its two loss terms; a Faster R-CNN's history.csv has the total loss alone.
+    # NOTE: Keras 3.15 compiles a metric only for a model whose every output has a target. A Faster
+    # R-CNN's "head" output has none, because its loss is added inside the model. So only the RPN
+    # logs its two loss terms, and a Faster R-CNN's history.csv has the total loss alone.
     metrics = {"rpn": [RPNLossTerms(args.rpn_normalization, anchors_per_location=per_location)]}
     metrics = metrics if args.model == "rpn" else None
     encoder = RPNTargetEncoder(anchors)

@@ -283,3 +283,11 @@ def test_proposals_before_after_nms(tiny_rcnn_run, tmp_path, capsys):
     assert main(["explain", "proposals", "--run", tiny_rcnn_run, "--output", str(tmp_path / "cli.png")]) == 0
     assert "proposals before NMS" in capsys.readouterr().out
     assert_png(tmp_path / "cli.png")
+
+
+def test_explain_rejects_zero_draws(capsys):
+    from dl09_keras.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["explain", "augment", "--draws", "0"])
+    assert "invalid count '0': expected a whole number >= 1" in capsys.readouterr().err

@@ -1,9 +1,9 @@
 """``dl09 explain augment``: one image through each step of the SSD augmentation, as a grid.
 
-Columns are the steps, drawn one at a time and then all together as training
-draws them: the resized image, colour distortion, horizontal flip, zoom-out onto
-a canvas of up to 4 times the side, a patch that overlaps an object by a minimum
-IoU, a random patch, and the whole chain. Rows are independent draws. The boxes
+Columns are the steps, drawn one at a time: the resized image, colour
+distortion, horizontal flip, zoom-out onto a canvas of up to 4 times the side, a
+patch that overlaps an object by a minimum IoU, and a random patch. The last
+column is the whole chain, drawn as training draws it. Rows are independent draws. The boxes
 drawn are the augmented targets, so a box that misses its object shows a bug.
 """
 

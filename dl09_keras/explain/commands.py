@@ -1,9 +1,9 @@
 """``dl09 explain VIEW``: options and dispatch of the explain views.
 
-Every view but ``curves`` looks at the boxes of a detector: those of a finished
-run (``--run``) or those that ``train.py`` would build from the same model
-options (``--model``, ``--input-size``, ``--scales``, ...), fitted to the
-``--train-split`` boxes when the scales or sizes are 'auto'.
+Every view but ``curves`` draws the boxes of a detector. They come from a
+finished run (``--run``), or ``train.py`` builds them from the same model options
+(``--model``, ``--input-size``, ``--scales``, ...). With 'auto' scales or sizes,
+they are fitted to the ``--train-split`` boxes.
 """
 
 from __future__ import annotations
@@ -25,6 +25,17 @@ def parse_point(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid point {text!r}: expected Y,X in [0, 1], such as 0.5,0.5") from None
     return y, x
+
+
+def positive_int(text: str) -> int:
+    """Parse a count of at least 1 for ``--draws`` and ``--top``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected a whole number >= 1")
+    return value
 
 
 def add_explain_arguments(parser: argparse.ArgumentParser):
@@ -50,8 +61,8 @@ def add_explain_arguments(parser: argparse.ArgumentParser):
                         help="PNG file to write. Default: RUN/explain/VIEW.png with --run, else explain_VIEW.png.")
     parser.add_argument("--point", type=parse_point, default=(0.5, 0.5),
                         help="anchors: normalized Y,X of the cell whose boxes are drawn on every map. Default: 0.5,0.5.")
-    parser.add_argument("--draws", type=int, default=2, help="augment: rows of independent draws. Default: 2.")
-    parser.add_argument("--top", type=int, default=100, help="proposals: proposals drawn per panel. Default: 100.")
+    parser.add_argument("--draws", type=positive_int, default=2, help="augment: rows of independent draws. Default: 2.")
+    parser.add_argument("--top", type=positive_int, default=100, help="proposals: proposals drawn per panel. Default: 100.")
     parser.add_argument("--seed", type=int, default=0, help="augment, mining: random seed. Default: 0.")
     parser.add_argument("--train-split", default="train",
                         help="without --run: split whose boxes fit 'auto' scales and anchor sizes. Default: train.")
@@ -59,7 +70,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser):
 
 
 class _Context:
-    """What the views share: the dataset split, its class names, the box layout and the run, if any."""
+    """Shared inputs of the views: the dataset split, its class names, the box layout and the run, if any."""
 
     def __init__(self, args):
         from dl09_keras.data import load_dataset

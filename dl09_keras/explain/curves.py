@@ -2,7 +2,7 @@
 
 Read from the run's history.csv (one row per epoch). SSD runs log ``conf_loss``
 (classification over positives and mined negatives) and ``loc_loss`` (smooth L1
-of the box offsets) beside ``loss``; every column ending in ``loss`` is drawn,
+of the box offsets) beside ``loss``. Every column ending in ``loss`` is drawn,
 training solid and validation dashed. ``val_map`` is NaN in epochs without an
 mAP evaluation (``--map-every``), and those epochs are skipped.
 """

@@ -42,6 +42,29 @@ def save_png(figure: Figure, path: str) -> str:
     return path
 
 
+def panel_grid(count: int, input_size: Sequence[int], columns: int = 3):
+    """Create a figure with ``count`` image panels, at most ``columns`` per row; return (figure, axes list).
+
+    Panels beyond ``count`` in the last row are hidden. Each panel has the aspect of the network input.
+    """
+    height, width = input_size
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    figure = new_figure(4.2 * columns, 4.2 * rows * height / width + 0.6 * rows)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for extra in axes[count:]:
+        extra.set_visible(False)
+    return figure, list(axes[:count])
+
+
+def resize_to_input(image: np.ndarray, input_size: Sequence[int]) -> np.ndarray:
+    """Stretch an RGB uint8 image to the network input (height, width), as inference does."""
+    import cv2
+
+    height, width = input_size
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def show_image(axes, image: np.ndarray, title: Optional[str] = None):
     """Show an RGB uint8 image (H, W, 3) with pixel coordinates, without ticks."""
     axes.imshow(image, interpolation="bilinear")

@@ -1,6 +1,6 @@
 """The anchors or default boxes of a detector, grouped by feature map and cell.
 
-A :class:`BoxLayout` holds every anchor (RPN, Faster R-CNN) or default box
+A :class:`BoxLayout` contains every anchor (RPN, Faster R-CNN) or default box
 (SSD) of a detector in the order of its head outputs: feature map after feature
 map, then cells in row-major order, then the k boxes of a cell. Boxes are
 normalized ``[ymin, xmin, ymax, xmax]`` of the network input, which the image

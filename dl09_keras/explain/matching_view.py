@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from dl09_keras.boxes import iou_matrix_np
-from dl09_keras.explain.figures import class_palette, draw_boxes, new_figure, save_png, show_image
+from dl09_keras.explain.figures import class_palette, draw_boxes, panel_grid, resize_to_input, save_png, show_image
 from dl09_keras.explain.layout import BoxLayout
 from dl09_keras.matching import rpn_labels_np
 
@@ -30,7 +30,7 @@ RPN_IOU = 0.7
 
 @dataclasses.dataclass
 class GroundTruthMatch:
-    """How one ground truth was matched.
+    """Match result of one ground truth.
 
     Args:
         index: position in the image's ground truth.
@@ -135,44 +135,35 @@ def plot_matching(image: np.ndarray, gt_boxes, gt_labels, class_names: Sequence[
     """Draw the ground truth, then each feature map with the boxes matched to every ground truth.
 
     Args:
-        image: RGB uint8 (H, W, 3), shown stretched to the network input, the way the model receives it.
+        image: RGB uint8 (H, W, 3), resized stretched to the network input, the way the model receives it.
         gt_boxes: (G, 4) normalized ground truth; gt_labels: (G,) 0-based classes.
 
     Returns:
         (the PNG path, the matches).
     """
-    import cv2
-
     gt_boxes = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
     matches, assigned = match_ground_truths(gt_boxes, gt_labels, layout)
-    height, width = layout.input_size
-    shown = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    resized = resize_to_input(image, layout.input_size)
     colors = class_palette(len(class_names))
     gt_colors = [colors[m.label] for m in matches]
     map_of_box = layout.map_of_box()
 
-    panels = 1 + len(layout.feature_shapes)
-    columns = min(3, panels)
-    rows = -(-panels // columns)
-    figure = new_figure(4.2 * columns, 4.2 * rows * height / width + 0.6 * rows)
-    axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for extra in axes[panels:]:
-        extra.set_visible(False)
+    figure, axes = panel_grid(1 + len(layout.feature_shapes), layout.input_size)
 
     flagged = sum(1 for m in matches if m.flag)
-    show_image(axes[0], shown, f"ground truth: {len(matches)} boxes, {flagged} flagged (!)")
+    show_image(axes[0], resized, f"ground truth: {len(matches)} boxes, {flagged} flagged (!)")
     captions = [f"{'! ' if m.flag else ''}{class_names[m.label]} {m.best_iou:.2f}" for m in matches]
-    draw_boxes(axes[0], gt_boxes, shown.shape, gt_colors, linewidth=2.0, captions=captions)
+    draw_boxes(axes[0], gt_boxes, resized.shape, gt_colors, linewidth=2.0, captions=captions)
 
     for k, (map_rows, map_cols) in enumerate(layout.feature_shapes):
         on_map = np.nonzero((map_of_box == k) & (assigned >= 0))[0]
-        show_image(axes[k + 1], shown, f"map {k + 1}: {map_rows} x {map_cols} cells, {len(on_map)} matched\n"
+        show_image(axes[k + 1], resized, f"map {k + 1}: {map_rows} x {map_cols} cells, {len(on_map)} matched\n"
                                         f"{layout.map_notes[k]}")
-        draw_boxes(axes[k + 1], gt_boxes, shown.shape, gt_colors, linewidth=2.0)
-        draw_boxes(axes[k + 1], layout.boxes[on_map], shown.shape, [gt_colors[g] for g in assigned[on_map]],
+        draw_boxes(axes[k + 1], gt_boxes, resized.shape, gt_colors, linewidth=2.0)
+        draw_boxes(axes[k + 1], layout.boxes[on_map], resized.shape, [gt_colors[g] for g in assigned[on_map]],
                    linewidth=0.8, linestyle="--")
         best = [m for m in matches if m.best_map == k]
-        draw_boxes(axes[k + 1], layout.boxes[[m.best_box for m in best]], shown.shape, "white", linewidth=1.6,
+        draw_boxes(axes[k + 1], layout.boxes[[m.best_box for m in best]], resized.shape, "white", linewidth=1.6,
                    linestyle=":")
     rule = "IoU >= 0.5 or best" if layout.match_rule == "ssd" else "IoU > 0.7 or best"
     figure.suptitle(f"Matching ({rule}): dashed = matched boxes, dotted white = each ground truth's best box",

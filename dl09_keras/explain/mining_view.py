@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import numpy as np
 
-from dl09_keras.explain.figures import draw_boxes, new_figure, save_png, show_image
+from dl09_keras.explain.figures import draw_boxes, new_figure, resize_to_input, save_png, show_image
 from dl09_keras.explain.layout import BoxLayout
 
 
@@ -69,22 +69,19 @@ def mine_image(model, layout: BoxLayout, image: np.ndarray, boxes, labels, neg_p
 def plot_mining(image: np.ndarray, gt_boxes, result: MiningResult, layout: BoxLayout, path: str,
                 seed: int = 0) -> str:
     """Draw positives and hard negatives, a same-size sample of the easy negatives, and the loss histogram."""
-    import cv2
-
-    height, width = layout.input_size
-    shown = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    resized = resize_to_input(image, layout.input_size)
     positives, hard, easy = (np.nonzero(m)[0] for m in (result.positive, result.hard, result.easy))
     rng = np.random.default_rng(seed)
     easy_sample = rng.choice(easy, size=min(len(hard), len(easy)), replace=False) if len(easy) else easy
 
     figure = new_figure(13.0, 4.4)
     kept_axes, easy_axes, histogram = figure.subplots(1, 3)
-    show_image(kept_axes, shown, f"{len(positives)} positives (green), {len(hard)} hard negatives kept (red)")
-    draw_boxes(kept_axes, layout.boxes[hard], shown.shape, "red", linewidth=0.8)
-    draw_boxes(kept_axes, layout.boxes[positives], shown.shape, "lime", linewidth=1.0)
-    draw_boxes(kept_axes, gt_boxes, shown.shape, "white", linewidth=1.5, linestyle=":")
-    show_image(easy_axes, shown, f"{len(easy_sample)} of the {len(easy)} easy negatives left out (blue)")
-    draw_boxes(easy_axes, layout.boxes[easy_sample], shown.shape, "deepskyblue", linewidth=0.8)
+    show_image(kept_axes, resized, f"{len(positives)} positives (green), {len(hard)} hard negatives kept (red)")
+    draw_boxes(kept_axes, layout.boxes[hard], resized.shape, "red", linewidth=0.8)
+    draw_boxes(kept_axes, layout.boxes[positives], resized.shape, "lime", linewidth=1.0)
+    draw_boxes(kept_axes, gt_boxes, resized.shape, "white", linewidth=1.5, linestyle=":")
+    show_image(easy_axes, resized, f"{len(easy_sample)} of the {len(easy)} easy negatives left out (blue)")
+    draw_boxes(easy_axes, layout.boxes[easy_sample], resized.shape, "deepskyblue", linewidth=0.8)
 
     bins = np.geomspace(max(float(result.loss[~result.positive].min()), 1e-6),
                         max(float(result.loss.max()), 1e-5), 40)

@@ -16,7 +16,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
 from dl09_keras.boxes import iou_matrix_np
-from dl09_keras.explain.figures import draw_boxes, new_figure, save_png, show_image
+from dl09_keras.explain.figures import draw_boxes, new_figure, resize_to_input, save_png, show_image
 
 
 @dataclasses.dataclass
@@ -53,13 +53,13 @@ def proposal_sets(model, config, image: np.ndarray) -> ProposalSets:
     objectness, offsets = SplitRPNOutputs()(rpn(resize_for_model(image, config.input_size)[None], training=False))
     before, after = config.test_top_n
     # NMS at IoU 1.0 suppresses nothing, so that layer returns the top `before` boxes as they enter NMS.
-    every = ProposalLayer(feature_shape, config.input_size, config.anchor_config, test_top_n=(before, before),
+    before_nms = ProposalLayer(feature_shape, config.input_size, config.anchor_config, test_top_n=(before, before),
                           nms_iou=1.0)(objectness, offsets)
-    kept = ProposalLayer(feature_shape, config.input_size, config.anchor_config, test_top_n=(before, after),
+    after_nms = ProposalLayer(feature_shape, config.input_size, config.anchor_config, test_top_n=(before, after),
                          nms_iou=config.nms_iou)(objectness, offsets)
     # Both layers pad their output with zero rows: past the anchor count, and after the dropped tiny boxes.
     (before_boxes, before_scores), (after_boxes, after_scores) = (
-        (np.asarray(b)[0], np.asarray(s)[0]) for b, s in (every, kept))
+        (np.asarray(b)[0], np.asarray(s)[0]) for b, s in (before_nms, after_nms))
     before, after = before_scores > 0, after_scores > 0
     return ProposalSets(before_boxes[before], before_scores[before], after_boxes[after], after_scores[after])
 
@@ -74,10 +74,8 @@ def covered_ground_truths(proposals: np.ndarray, gt_boxes: np.ndarray, threshold
 
 def plot_proposals(image: np.ndarray, gt_boxes, sets: ProposalSets, input_size, path: str, top: int = 100) -> str:
     """Draw the ``top`` best proposals before and after NMS, coloured by objectness, ground truth dotted."""
-    import cv2
-
     height, width = input_size
-    shown = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    resized = resize_to_input(image, input_size)
     figure = new_figure(11.0, 11.0 * height / width / 2 + 1.0)
     axes = figure.subplots(1, 2)
     colormap, norm = colormaps["viridis"], Normalize(0.0, 1.0)
@@ -85,12 +83,12 @@ def plot_proposals(image: np.ndarray, gt_boxes, sets: ProposalSets, input_size, 
     panels = ((axes[0], "before NMS", sets.before_boxes, sets.before_scores),
               (axes[1], "after NMS", sets.after_boxes, sets.after_scores))
     for panel, name, boxes, scores in panels:
-        shown_boxes, shown_scores = boxes[:top][::-1], scores[:top][::-1]  # the best drawn last, on top
+        drawn_boxes, drawn_scores = boxes[:top][::-1], scores[:top][::-1]  # the best drawn last, on top
         covered = covered_ground_truths(boxes[:top], gt_boxes)
-        show_image(panel, shown, f"{name}: best {len(shown_scores)} of {len(scores)}; "
+        show_image(panel, resized, f"{name}: best {len(drawn_scores)} of {len(scores)}; "
                                  f"{covered}/{gt_count} ground truths at IoU >= 0.5")
-        draw_boxes(panel, shown_boxes, shown.shape, [colormap(norm(s)) for s in shown_scores], linewidth=1.0)
-        draw_boxes(panel, gt_boxes, shown.shape, "white", linewidth=1.5, linestyle=":")
+        draw_boxes(panel, drawn_boxes, resized.shape, [colormap(norm(s)) for s in drawn_scores], linewidth=1.0)
+        draw_boxes(panel, gt_boxes, resized.shape, "white", linewidth=1.5, linestyle=":")
     mappable = figure.colorbar(ScalarMappable(norm=norm, cmap=colormap), ax=axes, shrink=0.8)
     mappable.set_label("objectness (object probability)")
     figure.suptitle("RPN proposals before and after NMS (IoU 0.7); white dotted = ground truth", fontsize=10)
