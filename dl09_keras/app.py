@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import sys
+import threading
 import time
 
 import numpy as np
@@ -42,6 +44,8 @@ def add_detect_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--nms-iou", type=float, default=0.45, help="per-class NMS IoU threshold. Default: 0.45.")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames.")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of ONNX Runtime and LiteRT.")
+    parser.add_argument("--no-prefetch", action="store_true",
+                        help="decode each frame only after the previous one is drawn (no reader thread).")
 
 
 def class_colors(count: int) -> list[tuple[int, int, int]]:
@@ -154,6 +158,56 @@ def iterate_frames(source: str, kind: str, max_frames=None):
         yield os.path.basename(path), read_image_bgr(path)
 
 
+def prefetch_frames(frames, depth: int = 2):
+    """Yield the items of the iterator ``frames`` while a thread reads the next ``depth`` ahead.
+
+    Decoding (OpenCV releases the GIL) then overlaps the model call and drawing of the
+    frame before. An exception in the reader reaches the caller at the frame where it
+    happened; closing this generator early stops the reader.
+    """
+    if depth < 1:
+        raise ValueError(f"Invalid prefetch depth {depth}: use 1 or more.")
+    items = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read():
+        try:
+            for item in frames:
+                if not put(item):
+                    return
+        except BaseException as error:  # handed to the consumer, raised there
+            put(error)
+            return
+        finally:
+            if stop.is_set() and hasattr(frames, "close"):
+                frames.close()
+        put(done)
+
+    reader = threading.Thread(target=read, name="frame-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join(timeout=5)
+
+
 class _Writer:
     """Writes annotated frames: a video for camera/video sources, image files otherwise."""
 
@@ -220,7 +274,8 @@ def run_detection(args) -> int:
     rate = FrameRate()
     frames, model_seconds, start = 0, 0.0, time.perf_counter()
     try:
-        for name, frame in iterate_frames(args.source, kind, args.max_frames):
+        frames_in = iterate_frames(args.source, kind, args.max_frames)
+        for name, frame in frames_in if args.no_prefetch else prefetch_frames(frames_in):
             detections = detector.detect(frame)
             model_seconds += detector.last_model_seconds
             frames += 1

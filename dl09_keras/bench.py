@@ -31,6 +31,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--repeats", type=int, default=200, help="model-only calls timed. Default: 200.")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of ONNX Runtime and LiteRT.")
     parser.add_argument("--output", default=None, help="JSON file for the results; default RUN_DIR/bench.json.")
+    parser.add_argument("--no-prefetch", action="store_true",
+                        help="end to end: decode each frame only after the previous one is drawn.")
 
 
 def _split_runtime(name: str) -> tuple[str, str]:
@@ -39,9 +41,14 @@ def _split_runtime(name: str) -> tuple[str, str]:
     return name, "fp32"
 
 
-def bench_one(run_dir, runtime_name, source, frames, repeats, threads=None) -> dict:
-    """Time one runtime in this process."""
-    from dl09_keras.app import _source_kind, draw_detections, iterate_frames
+def bench_one(run_dir, runtime_name, source, frames, repeats, threads=None, prefetch=True) -> dict:
+    """Time one runtime in this process.
+
+    ``loop_over_model`` is the end-to-end time per frame over the model-only median:
+    what decoding, resizing, NMS and drawing add. ``wait_for_frame`` is the time the
+    loop waits for the next decoded frame (all of the decoding without ``prefetch``).
+    """
+    from dl09_keras.app import _source_kind, draw_detections, iterate_frames, prefetch_frames
     from dl09_keras.inference import Detector, open_runtime
     from dl09_keras.run import RunFolder
 
@@ -59,16 +66,35 @@ def bench_one(run_dir, runtime_name, source, frames, repeats, threads=None) -> d
         detector.runtime(batch)
         timings.append(time.perf_counter() - start)
 
+    # End to end, as `dl09 detect --no-show` runs: each step's mean milliseconds per frame.
+    steps = dict.fromkeys(("wait_for_frame", "preprocess", "model", "postprocess", "draw"), 0.0)
+    frames_in = iterate_frames(source, kind, frames)
+    frames_in = frames_in if not prefetch else prefetch_frames(frames_in)
     count, start = 0, time.perf_counter()
-    for _, frame in iterate_frames(source, kind, frames):
-        draw_detections(frame, detector.detect(frame), class_names)
+    while True:
+        waited = time.perf_counter()
+        try:
+            _, frame = next(frames_in)
+        except StopIteration:
+            break
+        steps["wait_for_frame"] += time.perf_counter() - waited
+        detections = detector.detect(frame)
+        for name, seconds in detector.last_seconds.items():
+            steps[name] += seconds
+        drawing = time.perf_counter()
+        draw_detections(frame, detections, class_names)
+        steps["draw"] += time.perf_counter() - drawing
         count += 1
     elapsed = time.perf_counter() - start
+    model_ms = 1000 * statistics.median(timings)
     return {
         "runtime": runtime_name,
-        "model_ms_median": round(1000 * statistics.median(timings), 3),
+        "model_ms_median": round(model_ms, 3),
         "model_ms_p90": round(1000 * sorted(timings)[int(0.9 * (len(timings) - 1))], 3),
         "end_to_end_frames_per_second": round(count / elapsed, 2),
+        "loop_over_model": round(1000 * elapsed / count / model_ms, 2),
+        "loop_ms_per_frame": {name: round(1000 * seconds / count, 3) for name, seconds in steps.items()},
+        "prefetch": bool(prefetch),
         "frames": count,
         "frame_size": list(first.shape[:2]),
         "threads": threads,
@@ -86,6 +112,8 @@ def run_benchmark(args) -> dict:
                        "--output", os.devnull]
             if args.threads:
                 command += ["--threads", str(args.threads)]
+            if args.no_prefetch:
+                command += ["--no-prefetch"]
             completed = subprocess.run(command, capture_output=True, text=True)
             if completed.returncode != 0:
                 logger.error("Benchmark of %s failed:\n%s", name, completed.stderr[-2000:])
@@ -93,7 +121,8 @@ def run_benchmark(args) -> dict:
                 continue
             results.append(json.loads(completed.stdout[completed.stdout.index("{"):])["results"][0])
         else:
-            results.append(bench_one(args.run_dir, name, args.source, args.frames, args.repeats, args.threads))
+            results.append(bench_one(args.run_dir, name, args.source, args.frames, args.repeats, args.threads,
+                                     prefetch=not args.no_prefetch))
         logger.info("%s", results[-1])
     report = {
         "run_dir": os.path.abspath(args.run_dir),

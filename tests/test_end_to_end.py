@@ -24,6 +24,7 @@ def test_run_folder_holds_every_stage(tiny_run):
     assert len(rows) == 1
     assert float(rows[0]["loss"]) > 0
     assert "val_loss" in rows[0]
+    assert float(rows[0]["epoch_seconds"]) > 0  # training time, for time-to-accuracy curves
     assert "val_map" not in rows[0]  # no --map-every: no mAP column
 
     metadata = json.load(open(os.path.join(tiny_run, "metadata.json")))
@@ -153,3 +154,9 @@ def test_bench_times_a_runtime(tiny_run, tmp_path):
     assert result["runtime"] == "onnxruntime"
     assert result["frames"] == 5
     assert result["model_ms_median"] > 0
+    # The loop's steps are itemized, and the loop cannot be faster than its model calls.
+    steps = result["loop_ms_per_frame"]
+    assert set(steps) == {"wait_for_frame", "preprocess", "model", "postprocess", "draw"}
+    assert all(value >= 0 for value in steps.values())
+    assert result["prefetch"] is True
+    assert 1000 / result["end_to_end_frames_per_second"] >= steps["model"]

@@ -44,7 +44,7 @@ class Detector:
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
         self.max_detections = int(max_detections)
-        self.last_model_seconds = 0.0
+        self.last_seconds = {"preprocess": 0.0, "model": 0.0, "postprocess": 0.0}
 
     def preprocess(self, frame_bgr: np.ndarray) -> np.ndarray:
         """BGR uint8 (H, W, 3) to the model input float32 (1, h, w, 3) RGB in [0, 255]."""
@@ -55,15 +55,27 @@ class Detector:
         rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
         return rgb.astype(np.float32)[None]
 
+    @property
+    def last_model_seconds(self) -> float:
+        """Seconds of the runtime call in the last :meth:`detect`."""
+        return self.last_seconds["model"]
+
     def detect(self, frame_bgr: np.ndarray) -> Detections:
-        """Detect objects in one frame; boxes stay normalized (multiply by the frame size to draw)."""
-        batch = self.preprocess(frame_bgr)
+        """Detect objects in one frame; boxes stay normalized (multiply by the frame size to draw).
+
+        ``last_seconds`` then holds the seconds of each step: preprocess, model, postprocess.
+        """
         start = time.perf_counter()
+        batch = self.preprocess(frame_bgr)
+        prepared = time.perf_counter()
         scores, boxes = self.runtime(batch)
-        self.last_model_seconds = time.perf_counter() - start
-        return postprocess(
+        computed = time.perf_counter()
+        detections = postprocess(
             scores[0], boxes[0], self.score_threshold, self.iou_threshold, self.max_detections
         )
+        self.last_seconds = {"preprocess": prepared - start, "model": computed - prepared,
+                             "postprocess": time.perf_counter() - computed}
+        return detections
 
 
 def detect_dataset(detector: Detector, dataset, progress=True) -> tuple[list[Detections], list[GroundTruth]]:
