@@ -122,6 +122,12 @@ def _explain(args):
     return 0
 
 
+def _throughput(args):
+    from dl09_keras.throughput import main_throughput
+
+    return main_throughput(args)
+
+
 def _bench(args):
     from dl09_keras.bench import run_benchmark
 
@@ -129,13 +135,14 @@ def _bench(args):
     if args.output == os.devnull:  # a child process of `--runtime all` reports to its parent
         print(json.dumps(result))
         return 0
-    print(f"{'runtime':<14} {'model ms (median)':>18} {'model ms (p90)':>15} {'end-to-end frames/s':>20}")
+    print(f"{'runtime':<14} {'model ms (median)':>18} {'model ms (p90)':>15} {'end-to-end frames/s':>20} "
+          f"{'loop / model':>13}")
     for row in result["results"]:
         if "error" in row:
             print(f"{row['runtime']:<14} failed: {row['error']}")
             continue
         print(f"{row['runtime']:<14} {row['model_ms_median']:>18.2f} {row['model_ms_p90']:>15.2f} "
-              f"{row['end_to_end_frames_per_second']:>20.1f}")
+              f"{row['end_to_end_frames_per_second']:>20.1f} {row['loop_over_model']:>13.2f}")
     print(f"Saved in {args.output or os.path.join(args.run_dir, 'bench.json')}")
     return 0
 
@@ -255,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(bench)
     bench.set_defaults(handler=_bench)
+
+    throughput = commands.add_parser(
+        "throughput", help="images/s of the input pipeline, training step and forward pass, and GFLOP/s "
+                           "against a large matrix product.")
+    from dl09_keras.throughput import add_throughput_arguments
+
+    add_throughput_arguments(throughput)
+    throughput.set_defaults(handler=_throughput)
 
     optimizers = commands.add_parser("optimizers",
                                      help="the optimizers on 2-D test surfaces, compared on the SSD, or timed.")
