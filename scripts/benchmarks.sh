@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Reproduce the figures of docs/benchmarks.md: train on BCCD and Aquarium, evaluate on their
-# test splits, export, check parity, evaluate the int8 model, time every runtime, and time and
-# compare the optimizers.
-# Usage: SHARED=../shared scripts/benchmarks.sh [bccd|aquarium|runtimes|optimizers|two-stage ...]
-# (default: all five)
+# test splits, export, check parity, evaluate the int8 model, time every runtime, time and
+# compare the optimizers, measure throughput and the live loop, and measure the peers
+# (torchvision SSDlite, ultralytics YOLOv8n) in the same way.
+# Usage: SHARED=../shared scripts/benchmarks.sh [STEP ...], STEP one of bccd, aquarium, runtimes,
+# optimizers, two-stage, throughput, live, peers, yolo (default: all, in that order). live needs
+# bccd's run; peers and yolo install torch, torchvision and ultralytics in .venv-peers (about 6 GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
@@ -12,7 +14,7 @@ AQUARIUM=$SHARED/datasets/aquarium
 OUT=${OUT:-runs/bench}
 BIN=.venv/bin
 mkdir -p "$OUT"
-steps=${*:-bccd aquarium runtimes optimizers two-stage}
+steps=${*:-bccd aquarium runtimes optimizers two-stage throughput live peers yolo}
 
 timed() {  # timed NAME COMMAND...: run, keep the log, record wall and CPU seconds
   local name=$1; shift
@@ -83,7 +85,61 @@ for step in $steps; do
         --threads 2 --output "$OUT/bench-$run.json"
     done
     ;;
-  *) echo "Invalid step $step: choose bccd, aquarium, runtimes, optimizers or two-stage." >&2; exit 2 ;;
+  throughput)
+    # Where the time goes: input pipeline, training step, forward pass, against a large matrix product.
+    for size in 320 288x384; do
+      timed "throughput-$size" $BIN/dl09 throughput --data "voc:$BCCD" --train-split trainval --input-size "$size" \
+        --width 0.5 --neck fpn --neck-channels 64 --batch-size 16 --steps 20 --profile "$OUT/profile-$size" \
+        --output "$OUT/throughput-$size.json"
+    done
+    ;;
+  live)
+    # The loop around the model, with the reader thread and without (--no-prefetch).
+    for mode in prefetch no-prefetch; do
+      flag=$([ "$mode" = no-prefetch ] && echo --no-prefetch || true)
+      timed "live-$mode" $BIN/dl09 bench "$OUT/bccd" --source "$SHARED/videos/box.mp4" --frames 300 \
+        --threads 2 $flag --output "$OUT/live-$mode.json"
+    done
+    # Where the loop's time goes, sampled by py-spy (in .venv-peers), for ONNX Runtime.
+    scripts/peers/setup.sh
+    for mode in prefetch no-prefetch; do
+      flag=$([ "$mode" = no-prefetch ] && echo --no-prefetch || true)
+      timed "live-profile-$mode" .venv-peers/bin/py-spy record --format raw --rate 200 -o "$OUT/live-$mode.pyspy.txt" \
+        -- $BIN/dl09 bench "$OUT/bccd" --runtime onnxruntime --source "$SHARED/videos/box.mp4" --frames 300 \
+        --threads 2 $flag --output "$OUT/live-profile-$mode.json"
+      $BIN/python scripts/peers/stacks.py "$OUT/live-$mode.pyspy.txt" --within bench_one > "$OUT/live-$mode.stacks.json"
+    done
+    ;;
+  peers)
+    # torchvision's SSDlite320, in a venv of its own: training images/s and batch-1 latency.
+    scripts/peers/setup.sh
+    PEERS=.venv-peers/bin/python
+    timed ssdlite-train $PEERS scripts/peers/torchvision_ssdlite.py train --batch-size 16 --threads 2
+    timed ssdlite-latency $PEERS scripts/peers/torchvision_ssdlite.py latency --threads 2
+    timed ssdlite-export $PEERS scripts/peers/torchvision_ssdlite.py export --output "$OUT/ssdlite320.onnx"
+    timed ssdlite-onnxruntime $BIN/python scripts/peers/bridge.py onnx-latency "$OUT/ssdlite320.onnx" --threads 2
+    ;;
+  yolo)
+    # Ultralytics YOLOv8n from its yaml, 20 minutes on BCCD trainval, scored on test like ours.
+    scripts/peers/setup.sh
+    PEERS=.venv-peers/bin/python
+    YOLO=$OUT/yolov8n
+    rm -rf "$YOLO"
+    timed yolo-data $BIN/python scripts/peers/bridge.py yolo-data --data "voc:$BCCD" --splits trainval test \
+      --out "$YOLO/data"
+    timed yolo-train $PEERS scripts/peers/yolov8n.py train --data "$YOLO/data/data.yaml" --minutes 20 \
+      --imgsz 320 --batch-size 16 --threads 2 --out "$YOLO"
+    $BIN/python scripts/peers/bridge.py yolo-epochs "$YOLO/train" --minutes 5 10 15 20 > "$YOLO/checkpoints.json"
+    for weights in $($BIN/python -c "import json,sys; print(' '.join(c['weights'] for c in json.load(open(sys.argv[1]))['checkpoints']))" "$YOLO/checkpoints.json"); do
+      name=$(basename "$weights" .pt)
+      timed "yolo-predict-$name" $PEERS scripts/peers/yolov8n.py predict --weights "$weights" \
+        --images "$YOLO/data/images/test" --imgsz 320 --output "$YOLO/detections-$name.json"
+      timed "yolo-score-$name" $BIN/python scripts/peers/bridge.py score "$YOLO/detections-$name.json" \
+        --data "voc:$BCCD" --split test
+    done
+    ;;
+  *) echo "Invalid step $step: choose bccd, aquarium, runtimes, optimizers, two-stage, throughput, live, peers" \
+       "or yolo." >&2; exit 2 ;;
   esac
 done
 echo "Logs and results in $OUT"
