@@ -13,15 +13,54 @@ from keras import layers
 from dl09_keras.training_args import BACKBONES
 
 
+@keras.saving.register_keras_serializable(package="dl09")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """Batch normalization whose training step runs TensorFlow's fused kernel.
+
+    Keras 3 computes a training-mode batch norm from separate moments, multiply and
+    add ops, and their gradients (Tile, Mul, Sum) took about 16% of the SSD's training
+    op time on a CPU. ``FusedBatchNormV3`` computes the same function in one op per
+    direction. The layer, its weights and its inference path are those of
+    ``keras.layers.BatchNormalization``. Inputs that the fused kernel does not take
+    (not rank 4 NHWC, not float32, a mask, renorm, synchronized statistics) go
+    through the Keras computation.
+    """
+
+    def _fusable(self, inputs, training, mask) -> bool:
+        return (bool(training) and self.trainable and mask is None and not self.renorm and not self.synchronized
+                and len(inputs.shape) == 4 and self.axis in (-1, 3) and inputs.dtype == "float32")
+
+    def call(self, inputs, training=None, mask=None):
+        import tensorflow as tf
+
+        if not self._fusable(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        scale = self.gamma if self.scale else tf.ones((channels,), inputs.dtype)
+        offset = self.beta if self.center else tf.zeros((channels,), inputs.dtype)
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, scale, offset, epsilon=self.epsilon, data_format="NHWC", is_training=True
+        )
+        # The kernel returns the unbiased variance, n / (n - 1) times the batch's; Keras tracks the biased one.
+        count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), inputs.dtype)
+        variance = variance * (count - 1.0) / tf.maximum(count, 2.0)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return outputs
+
+
 def batch_norm(name: str) -> layers.BatchNormalization:
     """Return a batch normalization layer, synchronized across replicas when built under a multi-replica strategy.
 
     With a global batch split over N replicas, each replica's batch statistics would
     come from 1/N of the batch. Synchronized statistics keep the single-device step.
+    On one replica the layer is a :class:`FusedBatchNormalization`.
     """
     import tensorflow as tf
 
-    return layers.BatchNormalization(name=name, synchronized=tf.distribute.get_strategy().num_replicas_in_sync > 1)
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        return layers.BatchNormalization(name=name, synchronized=True)
+    return FusedBatchNormalization(name=name)
 
 
 def conv_bn(x, filters, kernel_size=3, strides=1, name=None):
