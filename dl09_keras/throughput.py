@@ -3,14 +3,17 @@
 Five figures from one process, each after warm-up:
 
 - input pipeline: batches of the augmented training pipeline per second, without the model;
-- training step: ``model.fit`` on one fixed batch, repeated, so no input work is timed;
+- training step: ``train_on_batch`` on ``--steps`` batches already in memory, so no input
+  work is timed;
 - training end to end: ``model.fit`` on the real pipeline;
 - forward pass: the compiled inference function at batch 1 and at the training batch, with
   its floating-point operations counted by TensorFlow's profiler, as achieved GFLOP/s;
 - the machine's limit: GFLOP/s of a large float32 matrix product (``--matmul-size``).
 
 Speeds are images/s; the matrix product counts ``2 n^3`` operations, the profiler counts a
-multiply and an add as two operations as well.
+multiply and an add as two operations as well. ``--profile LOGDIR`` also traces the training
+step with ``tf.profiler`` (TensorBoard reads the trace) and sums the op time by op type and by
+part of the step (forward, loss, backward, optimizer).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def add_throughput_arguments(parser: argparse.ArgumentParser):
     add_model_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="Default: 16.")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps. Default: 20.")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first. Default: 3.")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed training steps first. Default: 5.")
     parser.add_argument("--repeats", type=int, default=50, help="timed forward calls. Default: 50.")
     parser.add_argument("--matmul-size", type=int, default=4096, help="side of the square matrices. Default: 4096.")
     parser.add_argument("--no-zoom-out", action="store_true", help="disable the zoom-out augmentation.")
@@ -93,7 +96,7 @@ def _median_seconds(call, repeats: int) -> float:
 
 
 def _step_part(node: str) -> str:
-    """The part of a training step that the graph node ``node`` belongs to."""
+    """Name the part of a training step (forward, loss, backward, optimizer) that graph node ``node`` belongs to."""
     if "gradient_tape" in node:
         return "backward"
     if "compile_loss" in node:
@@ -142,7 +145,7 @@ def op_type_times(logdir: str, top: int = 12) -> dict:
                 by_part[part] = by_part.get(part, 0) + event.duration_ps
     total = sum(by_type.values())
     if not total:
-        raise RuntimeError(f"The trace {traces[-1]} holds no TensorFlow op events.")
+        raise RuntimeError(f"The trace {traces[-1]} contains no TensorFlow op events.")
     ranked = sorted(by_type.items(), key=lambda item: -item[1])[:top]
     return {
         "op_types": [{"op_type": name, "ms": round(ps / 1e9, 1), "share": round(ps / total, 3)} for name, ps in ranked],
@@ -168,6 +171,9 @@ def run_throughput(args) -> dict:
     from dl09_keras.optimizers import get_optimizer
     from dl09_keras.training import augment_settings, ssd_recipe
 
+    if args.model == "rcnn":
+        raise ValueError("dl09 throughput measures models trained with model.fit on whole images: "
+                         "use --model ssd, rpn or faster_rcnn, not rcnn.")
     precision = set_precision(args.mixed_precision)
     keras.utils.set_random_seed(args.seed)
     data = load_dataset(args.data, args.train_split)
@@ -191,19 +197,25 @@ def run_throughput(args) -> dict:
     pipeline_rate = batch * args.steps / (time.perf_counter() - start)
     logger.info("Input pipeline: %.1f images/s", pipeline_rate)
 
-    # 2. The training step on one fixed batch; 3. the training step fed by the pipeline.
+    # 2. The training step on batches already in memory; 3. the training step fed by the pipeline.
     model = recipe.model
     model.compile(optimizer=get_optimizer("adam", 2e-3), loss=recipe.loss, jit_compile=args.jit)
-    fixed = tf.data.Dataset.from_tensors(next(iterator)).repeat()
-    _fit_seconds(model, fixed, args.warmup)
-    step_rate = batch * args.steps / _fit_seconds(model, fixed, args.steps)
-    logger.info("Training step, fixed batch: %.1f images/s", step_rate)
+    batches = [next(iterator) for _ in range(args.steps)]
+    for x, y in batches[: args.warmup]:
+        model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for x, y in batches:
+        model.train_on_batch(x, y)
+    step_rate = batch * args.steps / (time.perf_counter() - start)
+    logger.info("Training step, batches in memory: %.1f images/s", step_rate)
+    _fit_seconds(model, pipeline, args.warmup)
     fed_rate = batch * args.steps / _fit_seconds(model, pipeline, args.steps)
     logger.info("Training fed by the pipeline: %.1f images/s", fed_rate)
     profile = None
     if args.profile:
         tf.profiler.experimental.start(args.profile)
-        _fit_seconds(model, fixed, args.steps)
+        for x, y in batches:
+            model.train_on_batch(x, y)
         tf.profiler.experimental.stop()
         profile = {"logdir": args.profile, "steps": args.steps, **op_type_times(args.profile)}
         logger.info("Training step profile (TensorBoard reads %s): %s; %s", args.profile, profile["parts"],
@@ -220,7 +232,8 @@ def run_throughput(args) -> dict:
         seconds = _median_seconds(lambda: tf.nest.map_structure(lambda t: t.numpy(), compiled(images)), args.repeats)
         forward[f"batch_{size}"] = {
             "ms": round(1000 * seconds, 2), "images_per_second": round(size / seconds, 1),
-            "gflops_per_image": round(flops / size / 1e9, 3), "achieved_gflops_per_second": round(flops / seconds / 1e9, 1),
+            "gflops_per_image": round(flops / size / 1e9, 3),
+            "achieved_gflops_per_second": round(flops / seconds / 1e9, 1),
         }
         logger.info("Forward pass, batch %d: %s", size, forward[f"batch_{size}"])
 

@@ -129,7 +129,7 @@ for step in $steps; do
       --out "$YOLO/data"
     timed yolo-train $PEERS scripts/peers/yolov8n.py train --data "$YOLO/data/data.yaml" --minutes 20 \
       --imgsz 320 --batch-size 16 --threads 2 --out "$YOLO"
-    $BIN/python scripts/peers/bridge.py yolo-epochs "$YOLO/train" --minutes 5 10 15 20 > "$YOLO/checkpoints.json"
+    $BIN/python scripts/peers/bridge.py yolo-epochs "$YOLO/train" --minutes 2 4 6 8 10 12 16 20 > "$YOLO/checkpoints.json"
     for weights in $($BIN/python -c "import json,sys; print(' '.join(c['weights'] for c in json.load(open(sys.argv[1]))['checkpoints']))" "$YOLO/checkpoints.json"); do
       name=$(basename "$weights" .pt)
       timed "yolo-predict-$name" $PEERS scripts/peers/yolov8n.py predict --weights "$weights" \

@@ -49,6 +49,17 @@ def test_exported_runtimes_match_keras(tiny_run):
     assert {"tflite_fp16", "tflite_int8"} <= set(report["runtimes"])
 
 
+def test_savedmodel_runtime_matches_keras(tiny_run):
+    from dl09_keras.inference import open_runtime
+
+    keras_runtime = open_runtime(tiny_run, "keras")
+    saved = open_runtime(tiny_run, "savedmodel")
+    assert saved.input_size == keras_runtime.input_size
+    batch = np.random.default_rng(0).uniform(0, 255, (2, *saved.input_size, 3)).astype(np.float32)
+    for ours, reference in zip(saved(batch), keras_runtime(batch)):
+        np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
 def test_model_keras_reloads_in_a_fresh_process(tiny_run, tmp_path):
     image = np.random.default_rng(0).uniform(0, 255, (2, 96, 128, 3)).astype(np.float32)
     np.save(tmp_path / "input.npy", image)

@@ -14,6 +14,12 @@ def test_prefetch_keeps_order_and_ends():
     assert names == [f"frame{i}" for i in range(7)]
 
 
+def test_prefetch_prepares_each_frame_in_the_reader():
+    frames = ((f"frame{i}", np.full((2, 2, 3), i, np.uint8)) for i in range(3))
+    items = list(prefetch_frames(frames, prepare=lambda frame: int(frame.sum())))
+    assert [(name, prepared) for name, _, prepared in items] == [("frame0", 0), ("frame1", 12), ("frame2", 24)]
+
+
 def test_prefetch_raises_the_reader_error_at_its_frame():
     def frames():
         yield "a", None

@@ -60,13 +60,14 @@ class Detector:
         """Seconds of the runtime call in the last :meth:`detect`."""
         return self.last_seconds["model"]
 
-    def detect(self, frame_bgr: np.ndarray) -> Detections:
+    def detect(self, frame_bgr: np.ndarray, batch: np.ndarray | None = None) -> Detections:
         """Detect objects in one frame; boxes stay normalized (multiply by the frame size to draw).
 
+        ``batch`` is ``preprocess(frame_bgr)`` when the caller has computed it already.
         ``last_seconds`` then holds the seconds of each step: preprocess, model, postprocess.
         """
         start = time.perf_counter()
-        batch = self.preprocess(frame_bgr)
+        batch = self.preprocess(frame_bgr) if batch is None else batch
         prepared = time.perf_counter()
         scores, boxes = self.runtime(batch)
         computed = time.perf_counter()

@@ -15,7 +15,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-RUNTIMES = ("keras", "onnxruntime", "opencv", "tflite")
+RUNTIMES = ("keras", "savedmodel", "onnxruntime", "opencv", "tflite")
 TFLITE_VARIANTS = ("fp32", "fp16", "int8")
 
 
@@ -60,6 +60,29 @@ class KerasRuntime(Runtime):
     def __call__(self, batch):
         outputs = self._function(self._check(batch))
         return outputs["scores"].numpy(), outputs["boxes"].numpy()
+
+
+class SavedModelRuntime(Runtime):
+    """The run's TensorFlow SavedModel (``saved_model/``, written by train.py), called through ``serve``.
+
+    It needs TensorFlow but not Keras or this package's layers: the graph is stored whole.
+    """
+
+    name = "savedmodel"
+
+    def __init__(self, path, input_size):
+        import tensorflow as tf
+
+        super().__init__(input_size)
+        self.module = tf.saved_model.load(path)
+        self._function = self.module.serve
+
+    def __call__(self, batch):
+        outputs = self._function(self._check(batch))
+        if isinstance(outputs, dict):
+            return outputs["scores"].numpy(), outputs["boxes"].numpy()
+        scores, boxes = outputs
+        return scores.numpy(), boxes.numpy()
 
 
 class OnnxRuntime(Runtime):
@@ -147,6 +170,10 @@ def open_runtime(run_dir: str, name: str = "onnxruntime", tflite_variant: str = 
     metadata = run.read_metadata()
     if name == "keras":
         return KerasRuntime(run.load_inference_model())
+    if name == "savedmodel":
+        if not os.path.isfile(os.path.join(run.saved_model_path, "saved_model.pb")):
+            raise FileNotFoundError(f"{run.saved_model_path} not found: train.py writes it when a run finishes.")
+        return SavedModelRuntime(run.saved_model_path, metadata["input_size"])
     if name in ("onnxruntime", "opencv"):
         path = run.file("model.onnx")
         if not os.path.isfile(path):

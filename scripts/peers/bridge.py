@@ -42,7 +42,7 @@ def yolo_data(args) -> dict:
         boxes_written = 0
         for sample in dataset.samples:
             if sample.path is None:
-                raise ValueError(f"Split {split} of {args.data} holds in-memory images: yolo-data needs image files.")
+                raise ValueError(f"Split {split} of {args.data} contains in-memory images: yolo-data needs image files.")
             name = os.path.basename(sample.path)
             link = os.path.join(image_dir, name)
             if not os.path.lexists(link):
@@ -76,7 +76,8 @@ def score(args) -> dict:
     for sample in dataset.samples:
         name = os.path.basename(sample.path)
         if name not in found:
-            raise ValueError(f"{args.detections} has no detections for {name}: predict on the whole {args.split} split.")
+            raise ValueError(f"{args.detections} has no detections for {name}: "
+                             f"predict on the whole {args.split} split.")
         item = found[name]
         unknown = set(item["classes"]) - set(index)
         if unknown:
@@ -97,7 +98,7 @@ def yolo_epochs(args) -> dict:
     """Checkpoints of a YOLO run at given training minutes, from its results.csv.
 
     For each of ``--minutes`` it takes the last epoch finished by then, and it adds the
-    run's final checkpoint (last.pt, its last epoch). ``epoch{N}.pt`` holds epoch N + 1.
+    run's final checkpoint (last.pt, its last epoch). ``epoch{N}.pt`` contains epoch N + 1.
     """
     import csv
 
@@ -156,7 +157,7 @@ def main():
     scoring.add_argument("--data", required=True)
     scoring.add_argument("--split", required=True)
     epochs = commands.add_parser("yolo-epochs")
-    epochs.add_argument("run", help="the YOLO run folder (holds results.csv and weights/).")
+    epochs.add_argument("run", help="the YOLO run folder (contains results.csv and weights/).")
     epochs.add_argument("--minutes", type=float, nargs="+", required=True)
     latency = commands.add_parser("onnx-latency")
     latency.add_argument("onnx")
