@@ -9,6 +9,8 @@ SHARED ?= ../shared
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# opencv-contrib-python contains all of opencv-python; two OpenCV wheels in one venv overwrite each other's cv2.
+	$(BIN)/python -m pip uninstall --quiet --yes opencv-python opencv-python-headless 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)

@@ -41,7 +41,8 @@ def add_detect_arguments(parser: argparse.ArgumentParser):
                         help="annotated video file (for a camera or video) or folder (for images).")
     parser.add_argument("--no-show", action="store_true", help="no window: write --output and print frames/s.")
     parser.add_argument("--score", type=float, default=0.4, help="lowest score drawn. Default: 0.4.")
-    parser.add_argument("--nms-iou", type=float, default=0.45, help="per-class NMS IoU threshold. Default: 0.45.")
+    parser.add_argument("--nms-iou", type=float, default=None,
+                        help="per-class NMS IoU threshold. Default: 0.45, or the run's own for an R-CNN (0.3).")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames.")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of ONNX Runtime and LiteRT.")
     parser.add_argument("--no-prefetch", action="store_true",
@@ -158,12 +159,14 @@ def iterate_frames(source: str, kind: str, max_frames=None):
         yield os.path.basename(path), read_image_bgr(path)
 
 
-def prefetch_frames(frames, depth: int = 2):
+def prefetch_frames(frames, depth: int = 2, prepare=None):
     """Yield the items of the iterator ``frames`` while a thread reads the next ``depth`` ahead.
 
     Decoding (OpenCV releases the GIL) then overlaps the model call and drawing of the
-    frame before. An exception in the reader reaches the caller at the frame where it
-    happened; closing this generator early stops the reader.
+    frame before. With ``prepare``, each (name, frame) item comes with ``prepare(frame)``
+    as a third element, computed in the thread too (e.g. the model input). An exception
+    in the reader reaches the caller at the frame where it happened; closing this
+    generator early stops the reader.
     """
     if depth < 1:
         raise ValueError(f"Invalid prefetch depth {depth}: use 1 or more.")
@@ -183,6 +186,8 @@ def prefetch_frames(frames, depth: int = 2):
     def read():
         try:
             for item in frames:
+                if prepare is not None:
+                    item = (*item, prepare(item[1]))
                 if not put(item):
                     return
         except BaseException as error:  # handed to the consumer, raised there
@@ -258,9 +263,19 @@ def run_detection(args) -> int:
         return 2
     if args.no_show and not args.output:
         logger.info("No --output given: frames are processed and timed but not saved.")
-    class_names = RunFolder(args.run_dir).class_names()
-    runtime = open_runtime(args.run_dir, args.runtime, args.tflite_variant, args.threads)
-    detector = Detector(runtime, class_names, score_threshold=args.score, iou_threshold=args.nms_iou)
+    run = RunFolder(args.run_dir)
+    class_names = run.class_names()
+    if run.read_metadata().get("task") == "rcnn":
+        from dl09_keras.rcnn.detector import RCNNDetector
+
+        if args.runtime != "keras":
+            logger.error("Run %s is an R-CNN, which runs in Keras only: pass --runtime keras.", run.path)
+            return 2
+        detector = RCNNDetector(run.path, score_threshold=args.score, iou_threshold=args.nms_iou)
+    else:
+        runtime = open_runtime(args.run_dir, args.runtime, args.tflite_variant, args.threads)
+        detector = Detector(runtime, class_names, score_threshold=args.score,
+                            iou_threshold=0.45 if args.nms_iou is None else args.nms_iou)
     colors = class_colors(len(class_names))
 
     source_fps = 30.0
@@ -275,8 +290,10 @@ def run_detection(args) -> int:
     frames, model_seconds, start = 0, 0.0, time.perf_counter()
     try:
         frames_in = iterate_frames(args.source, kind, args.max_frames)
-        for name, frame in frames_in if args.no_prefetch else prefetch_frames(frames_in):
-            detections = detector.detect(frame)
+        if not args.no_prefetch:
+            frames_in = prefetch_frames(frames_in, prepare=getattr(detector, "preprocess", None))
+        for name, frame, *prepared in frames_in:
+            detections = detector.detect(frame, *prepared)
             model_seconds += detector.last_model_seconds
             frames += 1
             draw_detections(frame, detections, class_names, colors)

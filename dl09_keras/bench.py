@@ -20,7 +20,7 @@ import time
 
 logger = logging.getLogger(__name__)
 
-BENCH_RUNTIMES = ("keras", "onnxruntime", "opencv", "tflite_fp32", "tflite_fp16", "tflite_int8")
+BENCH_RUNTIMES = ("keras", "savedmodel", "onnxruntime", "opencv", "tflite_fp32", "tflite_fp16", "tflite_int8")
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser):
@@ -46,13 +46,17 @@ def bench_one(run_dir, runtime_name, source, frames, repeats, threads=None, pref
 
     ``loop_over_model`` is the end-to-end time per frame over the model-only median:
     what decoding, resizing, NMS and drawing add. ``wait_for_frame`` is the time the
-    loop waits for the next decoded frame (all of the decoding without ``prefetch``).
+    loop waits for the next decoded frame (all of the decoding without ``prefetch``);
+    with ``prefetch`` the reader thread also preprocesses, so ``preprocess`` is near 0.
     """
     from dl09_keras.app import _source_kind, draw_detections, iterate_frames, prefetch_frames
     from dl09_keras.inference import Detector, open_runtime
     from dl09_keras.run import RunFolder
 
     name, variant = _split_runtime(runtime_name)
+    if RunFolder(run_dir).read_metadata().get("task") == "rcnn":
+        raise ValueError(f"Run {run_dir} is an R-CNN, which has no exported runtimes to compare: time it with "
+                         "dl09 detect RUN_DIR --source FOLDER --no-show, which prints seconds per image.")
     class_names = RunFolder(run_dir).class_names()
     detector = Detector(open_runtime(run_dir, name, variant, threads), class_names)
     kind = _source_kind(source)
@@ -69,16 +73,16 @@ def bench_one(run_dir, runtime_name, source, frames, repeats, threads=None, pref
     # End to end, as `dl09 detect --no-show` runs: each step's mean milliseconds per frame.
     steps = dict.fromkeys(("wait_for_frame", "preprocess", "model", "postprocess", "draw"), 0.0)
     frames_in = iterate_frames(source, kind, frames)
-    frames_in = frames_in if not prefetch else prefetch_frames(frames_in)
+    frames_in = frames_in if not prefetch else prefetch_frames(frames_in, prepare=detector.preprocess)
     count, start = 0, time.perf_counter()
     while True:
         waited = time.perf_counter()
         try:
-            _, frame = next(frames_in)
+            _, frame, *prepared = next(frames_in)
         except StopIteration:
             break
         steps["wait_for_frame"] += time.perf_counter() - waited
-        detections = detector.detect(frame)
+        detections = detector.detect(frame, *prepared)
         for name, seconds in detector.last_seconds.items():
             steps[name] += seconds
         drawing = time.perf_counter()

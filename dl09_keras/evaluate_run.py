@@ -62,9 +62,18 @@ def evaluate_run(run_dir: str, data: str | None, split: str, runtime: str = "ker
     if metadata.get("task") == "rpn":
         result = _evaluate_proposals(run, dataset)
     else:
-        detector = Detector(open_runtime(run.path, runtime, tflite_variant), metadata["class_names"],
-                            score_threshold=EVALUATION_SCORE_THRESHOLD)
-        detections, ground_truths = detect_dataset(detector, dataset)
+        if metadata.get("task") == "rcnn":
+            from dl09_keras.rcnn.detector import RCNNDetector, detect_samples, open_cache
+
+            if runtime != "keras":
+                raise ValueError(f"Run {run.path} is an R-CNN, which runs in Keras only (its proposals and SVMs "
+                                 f"are not one exported graph): drop --runtime {runtime}.")
+            detector = RCNNDetector(run.path, score_threshold=EVALUATION_SCORE_THRESHOLD)
+            detections, ground_truths = detect_samples(detector, dataset, open_cache(detector))
+        else:
+            detector = Detector(open_runtime(run.path, runtime, tflite_variant), metadata["class_names"],
+                                score_threshold=EVALUATION_SCORE_THRESHOLD)
+            detections, ground_truths = detect_dataset(detector, dataset)
         result = mean_average_precision(detections, ground_truths, dataset.class_names)
         if plots:
             folder = plots_folder(run, data, split, runtime_name)

@@ -254,6 +254,10 @@ def _create_run_folder(run: RunFolder, overwrite: bool) -> dict | None:
 
 def train(args: argparse.Namespace) -> RunFolder:
     """Train an SSD as described by parsed ``train.py`` arguments; return its run folder."""
+    if args.model == "rcnn":
+        from dl09_keras.rcnn.training import train_rcnn
+
+        return train_rcnn(args)
     # The strategy comes first: a multi-worker strategy must exist before any other TensorFlow work.
     strategy = make_strategy(args.strategy)
     precision = set_precision(args.mixed_precision)

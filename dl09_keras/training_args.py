@@ -41,6 +41,19 @@ def add_training_arguments(parser: argparse.ArgumentParser):
 
     add_model_arguments(parser)
 
+    baseline = parser.add_argument_group("R-CNN (--model rcnn)")
+    baseline.add_argument("--proposal-mode", choices=("fast", "quality"), default="fast",
+                          help="selective-search mode. Default: fast.")
+    baseline.add_argument("--max-proposals", type=int, default=1000, help="proposals per image. Default: 1000.")
+    baseline.add_argument("--proposal-cache", default=None,
+                          help="folder of cached proposals. Default: proposal-cache beside the run folder.")
+    baseline.add_argument("--region-size", type=int, default=64, help="side of a warped region in pixels. Default: 64.")
+    baseline.add_argument("--region-width", type=int, default=16,
+                          help="channels of the region CNN's first stage (doubled at each of 3 stages). Default: 16.")
+    baseline.add_argument("--region-batch", type=int, default=128,
+                          help="regions per batch of the region CNN. Default: 128.")
+    baseline.add_argument("--no-box-regression", action="store_true", help="keep the proposals' boxes as they are.")
+
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, default=30, help="Default: 30.")
     fit.add_argument("--batch-size", type=int, default=16, help="Default: 16.")
@@ -82,9 +95,10 @@ def add_training_arguments(parser: argparse.ArgumentParser):
 def add_model_arguments(parser: argparse.ArgumentParser):
     """Declare the model options of ``train.py``, which ``dl09 explain`` shares."""
     model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=("ssd", "rpn", "faster_rcnn"), default="ssd",
-                       help="detector: the SSD, a Region Proposal Network alone, or the two-stage "
-                            "Faster R-CNN. Default: ssd.")
+    model.add_argument("--model", choices=("ssd", "rpn", "faster_rcnn", "rcnn"), default="ssd",
+                       help="detector: the SSD, a Region Proposal Network alone, the two-stage "
+                            "Faster R-CNN, or the R-CNN baseline (selective search, region CNN, SVMs). "
+                            "Default: ssd.")
     model.add_argument("--input-size", type=parse_input_size, default=(320, 320),
                        help="network input, SIDE or HEIGHTxWIDTH in pixels. Default: 320.")
     model.add_argument("--backbone", choices=BACKBONES, default="resnet", help="Default: resnet.")

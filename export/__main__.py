@@ -33,7 +33,9 @@ def main(argv=None) -> int:
 
     run = RunFolder(args.run_dir)
     try:
-        run.read_metadata()
+        if run.read_metadata().get("task") == "rcnn":
+            raise ValueError(f"Run {run.path} is an R-CNN: its selective search and SVMs are not one graph, so it "
+                             "has no ONNX or TFLite export. dl09 evaluate and dl09 detect run it in Keras.")
         written, runtimes = [], []
         if "onnx" in args.to:
             written.append(export_onnx(run))

@@ -98,6 +98,10 @@ class _Context:
         from dl09_keras.data import load_dataset
         from dl09_keras.explain.layout import layout_from_metadata, layout_from_recipe
 
+        task = self.metadata.get("task") if self.metadata else args.model
+        if task == "rcnn":
+            raise ValueError("dl09 explain draws anchors and default boxes, which an R-CNN (--model rcnn) has "
+                             "none of: its regions come from selective search. Use ssd, rpn or faster_rcnn.")
         if self.metadata:
             return layout_from_metadata(self.metadata)
         train_data = self.dataset if args.train_split == split else load_dataset(data, args.train_split)
