@@ -4,8 +4,9 @@
 # compare the optimizers, measure throughput and the live loop, and measure the peers
 # (torchvision SSDlite, ultralytics YOLOv8n) in the same way.
 # Usage: SHARED=../shared scripts/benchmarks.sh [STEP ...], STEP one of bccd, aquarium, runtimes,
-# optimizers, two-stage, throughput, live, peers, yolo (default: all, in that order). live needs
-# bccd's run; peers and yolo install torch, torchvision and ultralytics in .venv-peers (about 6 GB).
+# optimizers, two-stage, throughput, live, peers, yolo, rcnn, timeline (default: all, in that
+# order). live needs bccd's run and timeline the runs of bccd, two-stage and rcnn; peers and yolo
+# install torch, torchvision and ultralytics in .venv-peers (about 6 GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
@@ -14,7 +15,7 @@ AQUARIUM=$SHARED/datasets/aquarium
 OUT=${OUT:-runs/bench}
 BIN=.venv/bin
 mkdir -p "$OUT"
-steps=${*:-bccd aquarium runtimes optimizers two-stage throughput live peers yolo}
+steps=${*:-bccd aquarium runtimes optimizers two-stage throughput live peers yolo rcnn timeline}
 
 timed() {  # timed NAME COMMAND...: run, keep the log, record wall and CPU seconds
   local name=$1; shift
@@ -138,8 +139,29 @@ for step in $steps; do
         --data "voc:$BCCD" --split test
     done
     ;;
-  *) echo "Invalid step $step: choose bccd, aquarium, runtimes, optimizers, two-stage, throughput, live, peers" \
-       "or yolo." >&2; exit 2 ;;
+  rcnn)
+    # The R-CNN baseline: selective search (cached under $OUT/proposal-cache), region CNN, SVMs.
+    rm -rf "$OUT/bccd_rcnn"
+    timed bccd-rcnn-train $BIN/python train.py --model rcnn --data "voc:$BCCD" --train-split trainval \
+      --val-split test --epochs 10 --run-dir "$OUT/bccd_rcnn" --verbose 2
+    ;;
+  timeline)
+    # The README's time line: test mAP@0.5 and seconds per image of R-CNN, Faster R-CNN and SSD,
+    # from the runs of the rcnn, two-stage and bccd steps. Detection reads each test image and
+    # runs everything, selective search included (no proposal cache), with no window.
+    mkdir -p "$OUT/bccd-test-images"
+    for name in $(cat "$BCCD/BCCD/ImageSets/Main/test.txt"); do
+      cp "$BCCD/BCCD/JPEGImages/$name.jpg" "$OUT/bccd-test-images/"
+    done
+    for entry in bccd_rcnn:keras bccd_faster_rcnn:onnxruntime bccd:onnxruntime; do
+      run=${entry%%:*}; runtime=${entry##*:}
+      timed "timeline-evaluate-$run" $BIN/dl09 evaluate "$OUT/$run" --data "voc:$BCCD" --split test
+      timed "timeline-detect-$run" $BIN/dl09 detect "$OUT/$run" --source "$OUT/bccd-test-images" \
+        --runtime "$runtime" --threads 2 --no-show
+    done
+    ;;
+  *) echo "Invalid step $step: choose bccd, aquarium, runtimes, optimizers, two-stage, throughput, live, peers," \
+       "yolo, rcnn or timeline." >&2; exit 2 ;;
   esac
 done
 echo "Logs and results in $OUT"
