@@ -26,8 +26,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 
-# Trains the SSD on BCCD and Aquarium and the RPN and Faster R-CNN on BCCD, exports, evaluates, and times
-# every runtime and the optimizers (an estimate: about 150 minutes on 2 cores).
+# Trains the SSD on BCCD and Aquarium, the RPN, Faster R-CNN and R-CNN on BCCD, exports, evaluates,
+# times every runtime and the optimizers, and measures the peers (torchvision SSDlite, YOLOv8n) in
+# .venv-peers, about 6 GB (an estimate: about 3.5 hours on 2 cores).
 bench: $(STAMP)
 	SHARED=$(SHARED) ./scripts/benchmarks.sh
 

@@ -5,8 +5,8 @@
 # (torchvision SSDlite, ultralytics YOLOv8n) in the same way.
 # Usage: SHARED=../shared scripts/benchmarks.sh [STEP ...], STEP one of bccd, aquarium, runtimes,
 # optimizers, two-stage, throughput, live, peers, yolo, rcnn, timeline (default: all, in that
-# order). live needs bccd's run and timeline the runs of bccd, two-stage and rcnn; peers and yolo
-# install torch, torchvision and ultralytics in .venv-peers (about 6 GB).
+# order). live needs bccd's run and timeline the runs of bccd, two-stage and rcnn; live, peers and
+# yolo install torch, torchvision, ultralytics and py-spy in .venv-peers (about 6 GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}
@@ -101,7 +101,8 @@ for step in $steps; do
       timed "live-$mode" $BIN/dl09 bench "$OUT/bccd" --source "$SHARED/videos/box.mp4" --frames 300 \
         --threads 2 $flag --output "$OUT/live-$mode.json"
     done
-    # Where the loop's time goes, sampled by py-spy (in .venv-peers), for ONNX Runtime.
+    # Where the loop's time goes, sampled by py-spy, for ONNX Runtime. py-spy comes with
+    # .venv-peers, so this step installs the peers' venv too.
     scripts/peers/setup.sh
     for mode in prefetch no-prefetch; do
       flag=$([ "$mode" = no-prefetch ] && echo --no-prefetch || true)
@@ -130,7 +131,8 @@ for step in $steps; do
       --out "$YOLO/data"
     timed yolo-train $PEERS scripts/peers/yolov8n.py train --data "$YOLO/data/data.yaml" --minutes 20 \
       --imgsz 320 --batch-size 16 --threads 2 --out "$YOLO"
-    $BIN/python scripts/peers/bridge.py yolo-epochs "$YOLO/train" --minutes 2 4 6 8 10 12 16 20 > "$YOLO/checkpoints.json"
+    $BIN/python scripts/peers/bridge.py yolo-epochs "$YOLO/train" --minutes 1.5 2.8 4.1 5.5 7 8.4 9.7 11.3 15 20 \
+      > "$YOLO/checkpoints.json"
     for weights in $($BIN/python -c "import json,sys; print(' '.join(c['weights'] for c in json.load(open(sys.argv[1]))['checkpoints']))" "$YOLO/checkpoints.json"); do
       name=$(basename "$weights" .pt)
       timed "yolo-predict-$name" $PEERS scripts/peers/yolov8n.py predict --weights "$weights" \
