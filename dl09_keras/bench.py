@@ -46,8 +46,8 @@ def bench_one(run_dir, runtime_name, source, frames, repeats, threads=None, pref
 
     ``loop_over_model`` is the end-to-end time per frame over the model-only median:
     what decoding, resizing, NMS and drawing add. ``wait_for_frame`` is the time the
-    loop waits for the next decoded frame (all of the decoding without ``prefetch``);
-    with ``prefetch`` the reader thread also preprocesses, so ``preprocess`` is near 0.
+    loop waits for the next decoded frame, which is all of the decoding without ``prefetch``.
+    With ``prefetch`` the reader thread also preprocesses, so ``preprocess`` is near 0.
     """
     from dl09_keras.app import _source_kind, draw_detections, iterate_frames, prefetch_frames
     from dl09_keras.inference import Detector, open_runtime

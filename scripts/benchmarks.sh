@@ -5,8 +5,8 @@
 # (torchvision SSDlite, ultralytics YOLOv8n) in the same way.
 # Usage: SHARED=../shared scripts/benchmarks.sh [STEP ...], STEP one of bccd, aquarium, runtimes,
 # optimizers, two-stage, throughput, live, peers, yolo, rcnn, timeline (default: all, in that
-# order). live needs bccd's run and timeline the runs of bccd, two-stage and rcnn; live, peers and
-# yolo install torch, torchvision, ultralytics and py-spy in .venv-peers (about 6 GB).
+# order). live needs bccd's run, and timeline the runs of bccd, two-stage and rcnn. live, peers
+# and yolo install torch, torchvision, ultralytics and py-spy in .venv-peers (about 6 GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared}

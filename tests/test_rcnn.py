@@ -277,9 +277,9 @@ def test_rcnn_train_evaluate_detect(tmp_path):
     assert "3 frames" in detected.stdout
     assert len(os.listdir(tmp_path / "annotated")) == 3
 
-    refused = run_cli("evaluate", run_dir, "--split", "test", "--runtime", "onnxruntime", check=False)
-    assert refused.returncode != 0
-    assert "runs in Keras only" in refused.stderr
+    rejected = run_cli("evaluate", run_dir, "--split", "test", "--runtime", "onnxruntime", check=False)
+    assert rejected.returncode != 0
+    assert "runs in Keras only" in rejected.stderr
 
 
 def test_region_features_deterministic():

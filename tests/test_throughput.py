@@ -33,7 +33,7 @@ def test_prefetch_raises_the_reader_error_at_its_frame():
     assert seen == ["a", "b"]
 
 
-def test_prefetch_stops_the_reader_and_closes_the_source_when_left_early():
+def test_prefetch_early_close_stops_reader():
     closed = threading.Event()
 
     def endless():

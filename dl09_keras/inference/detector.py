@@ -64,7 +64,7 @@ class Detector:
         """Detect objects in one frame; boxes stay normalized (multiply by the frame size to draw).
 
         ``batch`` is ``preprocess(frame_bgr)`` when the caller has computed it already.
-        ``last_seconds`` then holds the seconds of each step: preprocess, model, postprocess.
+        ``last_seconds`` then contains the seconds of each step: preprocess, model, postprocess.
         """
         start = time.perf_counter()
         batch = self.preprocess(frame_bgr) if batch is None else batch

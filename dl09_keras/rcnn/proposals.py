@@ -51,7 +51,7 @@ class SelectiveSearchConfig:
         if self.max_proposals < 1:
             raise ValueError(f"Invalid max_proposals {self.max_proposals}: keep at least 1 proposal.")
         if not 0 <= self.min_size < 1:
-            raise ValueError(f"Invalid min_size {self.min_size}: a fraction of the image side in [0, 1).")
+            raise ValueError(f"Invalid min_size {self.min_size}: use a fraction of the image side in [0, 1).")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,7 +105,7 @@ class ProposalCache:
     """Proposals of image files, kept as ``.npy`` files under ``root/<settings key>/``.
 
     An entry is found by the image's absolute path, size in bytes and modification
-    time, so an edited image is searched again; other settings use another folder.
+    time, so an edited image is searched again. Other settings use another folder.
     """
 
     def __init__(self, root: str, config: SelectiveSearchConfig = SelectiveSearchConfig()):

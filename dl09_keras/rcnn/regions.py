@@ -14,6 +14,20 @@ from dl09_keras.boxes import iou_matrix_np
 BACKGROUND = -1
 
 
+def best_matches(proposals: np.ndarray, gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index (N,) int64 and IoU (N,) float32 of each proposal's best ground-truth box.
+
+    With no ground truth, every index is 0 and every IoU 0.
+    """
+    proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
+    gt_boxes = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
+    if len(gt_boxes) == 0 or len(proposals) == 0:
+        return np.zeros(len(proposals), np.int64), np.zeros(len(proposals), np.float32)
+    iou = iou_matrix_np(proposals, gt_boxes)
+    best = iou.argmax(axis=1)
+    return best, iou[np.arange(len(proposals)), best].astype(np.float32)
+
+
 def label_regions(proposals: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray,
                   foreground_iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Label each proposal for the region classifier, as R-CNN fine-tunes its CNN.
@@ -30,14 +44,8 @@ def label_regions(proposals: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.nda
     Returns:
         labels (N,) int32 (class or ``BACKGROUND``) and best IoU (N,) float32.
     """
-    proposals = np.asarray(proposals, np.float32).reshape(-1, 4)
-    gt_boxes = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
-    labels = np.full(len(proposals), BACKGROUND, np.int32)
-    if len(gt_boxes) == 0 or len(proposals) == 0:
-        return labels, np.zeros(len(proposals), np.float32)
-    iou = iou_matrix_np(proposals, gt_boxes)
-    best = iou.argmax(axis=1)
-    best_iou = iou[np.arange(len(proposals)), best].astype(np.float32)
+    best, best_iou = best_matches(proposals, gt_boxes)
+    labels = np.full(len(best), BACKGROUND, np.int32)
     foreground = best_iou >= foreground_iou
     labels[foreground] = np.asarray(gt_labels, np.int32)[best[foreground]]
     return labels, best_iou
@@ -66,7 +74,7 @@ def warp_regions(image_rgb: np.ndarray, boxes: np.ndarray, size: int, context: f
         boxes: (N, 4) normalized boxes.
         size: side of the warped region in pixels.
         context: border added around each box, as a fraction of its height and width
-            (R-CNN pads 16 of 227 pixels, about 0.08); the part outside the image is
+            (R-CNN pads 16 of 227 pixels, about 0.08). The part outside the image is
             filled with the image's mean colour.
 
     Returns:

@@ -23,7 +23,7 @@ import numpy as np
 
 from dl09_keras.rcnn.config import RCNNConfig
 from dl09_keras.rcnn.proposals import ProposalCache, SelectiveSearchConfig, check_selective_search
-from dl09_keras.rcnn.regions import BACKGROUND, label_regions, svm_negatives, warp_regions
+from dl09_keras.rcnn.regions import BACKGROUND, best_matches, label_regions, svm_negatives, warp_regions
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def regression_targets(proposals: np.ndarray, gt_boxes: np.ndarray) -> np.ndarra
 
 
 def apply_regression(proposals: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`regression_targets`: move proposals (N, 4) by targets (N, 4); clipped to [0, 1]."""
+    """Move proposals (N, 4) by targets (N, 4), the inverse of :func:`regression_targets`; clip to [0, 1]."""
     ph, pw = proposals[:, 2] - proposals[:, 0], proposals[:, 3] - proposals[:, 1]
     py, px = proposals[:, 0] + ph / 2, proposals[:, 1] + pw / 2
     cy, cx = py + targets[:, 0] * ph, px + targets[:, 1] * pw
@@ -130,15 +130,14 @@ def svm_and_regression_data(dataset, cache, feature_function, config: RCNNConfig
         proposal_features.append(found)
         negative_masks.append(np.stack([svm_negatives(proposals, sample.boxes, sample.labels, c, config.negative_iou)
                                         for c in range(config.num_classes)], axis=1))
-        labels, best_iou = label_regions(proposals, sample.boxes, sample.labels, config.regression_iou)
-        if len(sample.boxes):
-            from dl09_keras.boxes import iou_matrix_np
-
-            nearest = iou_matrix_np(proposals, sample.boxes).argmax(axis=1) if len(proposals) else np.zeros(0, int)
-            for c in range(config.num_classes):
-                chosen = np.flatnonzero(labels == c)
-                regression[c][0].append(found[chosen])
-                regression[c][1].append(regression_targets(proposals[chosen], sample.boxes[nearest[chosen]]))
+        # Box regression learns from the proposals close to a ground truth, towards that box.
+        nearest, best_iou = best_matches(proposals, sample.boxes)
+        close = best_iou >= config.regression_iou
+        nearest_labels = sample.labels[nearest] if len(sample.boxes) else np.full(len(proposals), -1)
+        for c in range(config.num_classes):
+            chosen = np.flatnonzero(close & (nearest_labels == c))
+            regression[c][0].append(found[chosen])
+            regression[c][1].append(regression_targets(proposals[chosen], sample.boxes[nearest[chosen]]))
     return {
         "gt_features": np.concatenate(gt_features), "gt_labels": np.concatenate(gt_labels),
         "proposal_features": np.concatenate(proposal_features), "negatives": np.concatenate(negative_masks),
@@ -207,6 +206,9 @@ def train_rcnn(args):
     for c, name in enumerate(train_data.class_names):
         positives = data["gt_features"][data["gt_labels"] == c] * scale
         negatives = data["proposal_features"][data["negatives"][:, c]] * scale
+        if len(positives) == 0:
+            raise ValueError(f"Class {name!r} has no box in split {args.train_split!r} of {args.data}: its SVM "
+                             "needs positives. Train on a split that contains every class.")
         svm, record = fit_svm_hard_negatives(positives, negatives, c=config.svm_c, seed=args.seed)
         weights.append(svm.weights)
         biases.append(svm.bias)
